@@ -16,5 +16,7 @@ pub mod picture;
 pub mod preprocess;
 pub mod volume;
 
-
+pub use geometry::{Box3, GeometryError, Mask, SliceRange};
+pub use metrics::{Confusion, MetricError};
+pub use preprocess::{CropRegion, HuWindow, Interpolation, PreprocessError};
 pub use volume::{Affine, Grid, Volume, VolumeError};

@@ -10,7 +10,7 @@ pub enum VolumeError {
     #[error("spacing must be finite and positive, got [z, y, x] = {0:?}")]
     BadSpacing([f64; 3]),
     #[error("affine must be finite with an invertible 3x3 part, got {0:?}")]
-    BadAffine(Affine),
+    BadAffine(Box<Affine>),
     #[error("volume shape {0:?} has an empty axis")]
     EmptyShape([usize; 3]),
 }
@@ -46,7 +46,7 @@ impl Volume {
             return Err(VolumeError::BadSpacing(spacing));
         }
         if affine.iter().flatten().any(|v| !v.is_finite()) || det3(&affine).abs() < 1e-12 {
-            return Err(VolumeError::BadAffine(affine));
+            return Err(VolumeError::BadAffine(Box::new(affine)));
         }
         let data = if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
         Ok(Self { data, spacing, affine })

@@ -1,0 +1,9 @@
+//! fracmap-train as a library: the data layer (manifest, phantom), and later the models,
+//! their training, evaluation and export. `main.rs` only parses arguments and calls in here.
+
+pub mod folds;
+pub mod levels;
+pub mod manifest;
+pub mod show;
+pub mod synth;
+pub mod verse;

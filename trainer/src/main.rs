@@ -1,0 +1,130 @@
+//! fracmap-train: the trainer's command line. Each subcommand parses its flags and calls
+//! one library function; all the work lives in the `fracmap_trainer` library.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use fracmap_trainer::manifest::{Manifest, Status};
+use fracmap_trainer::{folds, show, verse};
+
+#[derive(Parser)]
+#[command(name = "fracmap-train", version, about = "Data, training, evaluation and export of fracmap's models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a manifest and the files it names, and print what it holds.
+    Check {
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Draw a case (axial, coronal, sagittal through its fracture, mask outlined) to a PNG.
+    Show {
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+        /// Case ids to draw; all cases when none is given.
+        cases: Vec<String>,
+        /// Folder for the PNGs (`<case>.png`); default: `show/` beside the manifest.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Assign cross-validation folds (by patient, stratified by fracture status), in place.
+    Folds {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
+    ImportVerse {
+        /// The VerSe root folder.
+        #[arg(long)]
+        root: PathBuf,
+        /// CSV `scan,level,status`; status normal | fractured | Genant grade 0..3.
+        #[arg(long)]
+        status: PathBuf,
+        /// Where to write the manifest; it must sit in the VerSe root (paths are relative to it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Treat vertebrae of a listed scan that the CSV does not mention as normal (default: error).
+        #[arg(long)]
+        unlisted_are_normal: bool,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("fracmap-train: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check { data } => {
+            let m = Manifest::load(&data, true)?;
+            let vertebrae = m.cases.iter().flat_map(|c| &c.vertebrae);
+            let fractured = vertebrae.clone().filter(|v| v.status == Status::Fractured).count();
+            let unlabeled = m.cases.iter().filter(|c| !c.labeled).count();
+            println!(
+                "{}: {} cases ({unlabeled} unlabeled), {} vertebrae ({fractured} fractured); all files present",
+                data.display(),
+                m.cases.len(),
+                vertebrae.count()
+            );
+        }
+        Command::Show { data, cases, out } => {
+            let m = Manifest::load(&data, true)?;
+            let out = out.unwrap_or_else(|| Manifest::resolve(&data, "show".as_ref()));
+            std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+            for id in &cases {
+                if !m.cases.iter().any(|c| &c.id == id) {
+                    bail!("{}: no case {id:?}", data.display());
+                }
+            }
+            for case in m.cases.iter().filter(|c| cases.is_empty() || cases.contains(&c.id)) {
+                let path = out.join(format!("{}.png", case.id));
+                fracmap_core::picture::write_png(&path, &show::case_overview(&data, case)?)
+                    .with_context(|| format!("{}: cannot write", path.display()))?;
+                println!("{}", path.display());
+            }
+        }
+        Command::Folds { data, folds: k, seed } => {
+            let mut m = Manifest::load(&data, false)?;
+            folds::assign_folds(&mut m.cases, k, seed);
+            m.save(&data)?;
+            println!("{}: {} cases assigned to {k} folds (seed {seed})", data.display(), m.cases.len());
+        }
+        Command::ImportVerse { root, status, out, unlisted_are_normal, folds: k, seed } => {
+            let out_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(".".as_ref());
+            if out_dir.canonicalize().ok() != root.canonicalize().ok() {
+                bail!(
+                    "--out {} must be inside --root {} (manifest paths are relative to it)",
+                    out.display(),
+                    root.display()
+                );
+            }
+            let (_, unmatched) = verse::find_scans(&root)?;
+            for ct in unmatched {
+                eprintln!("skipping {}: no vertebra mask under derivatives/", ct.display());
+            }
+            let mut m = verse::import(&root, &status, unlisted_are_normal)?;
+            folds::assign_folds(&mut m.cases, k, seed);
+            m.save(&out)?;
+            println!("{}: {} scans imported", out.display(), m.cases.len());
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! fracmap-train as a library: the data layer (manifest, phantom), and later the models,
 //! their training, evaluation and export. `main.rs` only parses arguments and calls in here.
 
+pub mod crops;
 pub mod folds;
 pub mod levels;
 pub mod manifest;

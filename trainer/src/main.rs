@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fracmap_trainer::manifest::{Manifest, Status};
-use fracmap_trainer::{folds, show, verse};
+use fracmap_trainer::{crops, folds, show, verse};
 
 #[derive(Parser)]
 #[command(name = "fracmap-train", version, about = "Data, training, evaluation and export of fracmap's models")]
@@ -33,6 +33,28 @@ enum Command {
         /// Folder for the PNGs (`<case>.png`); default: `show/` beside the manifest.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Cut every vertebra out (body box + margin), resample and pad to a fixed patch, and cache
+    /// the crops with their weak-label masks so training never re-reads NIfTI.
+    Crops {
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+        /// The cache folder; reused when the manifest and the spec are unchanged.
+        #[arg(long)]
+        out: PathBuf,
+        /// Target voxel spacing in mm (isotropic).
+        #[arg(long, default_value_t = 1.0)]
+        spacing: f64,
+        /// Patch edge in voxels (cubic).
+        #[arg(long, default_value_t = 64)]
+        patch: usize,
+        /// Context around the vertebral body, mm.
+        #[arg(long, default_value_t = 6.0)]
+        margin: f64,
+        /// Worker threads (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Assign cross-validation folds (by patient, stratified by fracture status), in place.
     Folds {
@@ -71,6 +93,16 @@ fn main() {
     }
 }
 
+/// A progress line on stderr, rewritten in place: `label 3/40`.
+fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
+    move |done, total| {
+        eprint!("\r{label} {done}/{total}");
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { data } => {
@@ -99,6 +131,17 @@ fn run(cli: Cli) -> Result<()> {
                 fracmap_core::picture::write_png(&path, &show::case_overview(&data, case)?)
                     .with_context(|| format!("{}: cannot write", path.display()))?;
                 println!("{}", path.display());
+            }
+        }
+        Command::Crops { data, out, spacing, patch, margin, threads } => {
+            let spec = crops::CropSpec { spacing_mm: [spacing; 3], patch: [patch; 3], margin_mm: margin };
+            spec.validate()?;
+            let cache = crops::build_crop_cache(&data, &out, &spec, threads, &progress("crops: case"))?;
+            let index = &cache.index;
+            let how = if cache.reused { "reused" } else { "built" };
+            println!("{}: {} crops {how}", out.display(), index.crops.len());
+            if index.oversize() > 0 {
+                eprintln!("note: {} vertebrae were larger than the patch and were cropped centrally", index.oversize());
             }
         }
         Command::Folds { data, folds: k, seed } => {

@@ -1,0 +1,18 @@
+//! fracmap-server: fracmap's ONNX models served over gRPC (tonic) with ONNX Runtime (ort),
+//! on CPU or, with the `cuda` feature, on an NVIDIA GPU.
+//!
+//! - [`runtime`]: loading ONNX Runtime, choosing the execution provider, creating sessions.
+//! - [`service`]: the `fracmap.v1.Fracmap` gRPC service.
+//! - [`server`]: configuration and [`server::serve`], which runs the service beside the
+//!   standard health and reflection services until told to stop.
+//! - [`proto`]: the code generated from `proto/fracmap/v1/fracmap.proto`.
+
+pub mod runtime;
+pub mod server;
+pub mod service;
+
+/// Messages, client and server generated from package `fracmap.v1`.
+pub use fracmap_proto as proto;
+
+pub use runtime::{Device, ExecutionProvider, OnnxRuntime, RuntimeError, SessionSettings};
+pub use server::{ServerConfig, ServerError, serve, shutdown_signal};

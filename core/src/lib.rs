@@ -8,12 +8,17 @@
 //! maps to ONNX `N, C, D, H, W` without a copy. The affine maps voxel `(x, y, z, 1)` (NIfTI's
 //! `i, j, k`) to world millimetres (RAS+), as NIfTI defines it.
 
+pub mod colormap;
 pub mod fsutil;
 pub mod geometry;
+pub mod heatmap;
+pub mod mesh;
 pub mod metrics;
 pub mod nifti_io;
 pub mod picture;
 pub mod preprocess;
+pub mod render;
+pub mod scene;
 pub mod volume;
 
 pub use geometry::{Box3, GeometryError, Mask, SliceRange};

@@ -1,13 +1,15 @@
 //! Pictures of volumes: a plane through a volume as an RGB image with square pixels in
-//! millimetres, mask outlines drawn over it, images side by side, PNG output.
+//! millimetres, the pixel-to-voxel layout that everything drawn over it shares, mask
+//! outlines, rectangles, digits, images side by side or in a grid, PNG output.
 //!
 //! One place that draws, so the trainer, the review list and the client show the same thing.
 
+use std::ops::Range;
 use std::path::Path;
 
-use ndarray::{Array2, ArrayView3, Axis};
+use ndarray::ArrayView3;
 
-use crate::volume::Volume;
+use crate::volume::{Affine, Grid, Volume};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plane {
@@ -26,6 +28,15 @@ impl Plane {
             Plane::Axial => 0,
             Plane::Coronal => 1,
             Plane::Sagittal => 2,
+        }
+    }
+
+    /// The array axes (`[z, y, x]` numbering) along a picture's rows and its columns.
+    pub fn picture_axes(self) -> (usize, usize) {
+        match self {
+            Plane::Axial => (1, 2),
+            Plane::Coronal => (0, 2),
+            Plane::Sagittal => (0, 1),
         }
     }
 }
@@ -47,8 +58,18 @@ impl RgbImage {
         self.pixels[row * self.width + col]
     }
 
-    fn set(&mut self, row: usize, col: usize, colour: [u8; 3]) {
+    pub fn set(&mut self, row: usize, col: usize, colour: [u8; 3]) {
         self.pixels[row * self.width + col] = colour;
+    }
+
+    /// Paints `colour` over the pixel with weight `alpha` (`0..=1`): `alpha * colour +
+    /// (1 - alpha) * old`, per channel, rounded.
+    pub fn blend(&mut self, row: usize, col: usize, colour: [u8; 3], alpha: f32) {
+        let old = self.get(row, col);
+        let mixed = std::array::from_fn(|k| {
+            (alpha * f32::from(colour[k]) + (1.0 - alpha) * f32::from(old[k])).round().clamp(0.0, 255.0) as u8
+        });
+        self.set(row, col, mixed);
     }
 }
 
@@ -68,32 +89,89 @@ impl DisplayWindow {
     }
 }
 
-/// The 2D plane `index` of a `[z, y, x]` array, as rows x columns in the display order of
-/// [`Plane`]. Rows that run along z are flipped so that the top of the image is the end of
-/// the z axis that points up in the world (superior), as radiologists view it.
-pub fn plane_of<T: Copy>(data: ArrayView3<'_, T>, plane: Plane, index: usize, z_points_up: bool) -> Array2<T> {
-    let mut slice = data.index_axis(Axis(plane.fixed_axis()), index).to_owned();
-    if plane != Plane::Axial && z_points_up {
-        slice.invert_axis(Axis(0));
-    }
-    slice
+/// Which voxel each pixel of a picture of one plane shows, and which pixels show a run of
+/// voxels: pixels are square in millimetres (the axis with the coarser spacing is stretched,
+/// nearest neighbour, to the finer one) and rows along z run with superior at the top, as
+/// radiologists view them. [`volume_plane`] paints with it, and everything drawn over its
+/// pictures maps through it, so an outline, a heat map or a box lands on the voxels it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneLayout {
+    pub plane: Plane,
+    /// The slice along [`Plane::fixed_axis`].
+    pub index: usize,
+    /// Picture size in pixels.
+    pub height: usize,
+    pub width: usize,
+    /// Voxels along the picture's rows and columns.
+    rows: usize,
+    cols: usize,
+    /// Whether picture rows run against their array axis (z drawn superior at the top).
+    flip_rows: bool,
 }
 
-/// A plane through a volume as a grey image whose pixels are square in millimetres: the
-/// axis with the coarser spacing is stretched (nearest neighbour) to the finer one.
+impl PlaneLayout {
+    /// The layout of plane `index` of a volume on `grid`.
+    pub fn new(grid: &Grid, plane: Plane, index: usize) -> Self {
+        let (row_axis, col_axis) = plane.picture_axes();
+        let (rows, cols) = (grid.shape[row_axis], grid.shape[col_axis]);
+        let (row_mm, col_mm) = (grid.spacing[row_axis], grid.spacing[col_axis]);
+        let pixel_mm = row_mm.min(col_mm);
+        let height = ((rows as f64 * row_mm / pixel_mm).round() as usize).max(1);
+        let width = ((cols as f64 * col_mm / pixel_mm).round() as usize).max(1);
+        let flip_rows = plane != Plane::Axial && z_points_up(&grid.affine);
+        PlaneLayout { plane, index, height, width, rows, cols, flip_rows }
+    }
+
+    /// The voxel `[z, y, x]` that pixel (`row`, `col`) shows.
+    pub fn voxel_at(&self, row: usize, col: usize) -> [usize; 3] {
+        let picture_row = (row * self.rows / self.height).min(self.rows - 1);
+        let voxel_row = if self.flip_rows { self.rows - 1 - picture_row } else { picture_row };
+        let voxel_col = (col * self.cols / self.width).min(self.cols - 1);
+        let (row_axis, col_axis) = self.plane.picture_axes();
+        let mut zyx = [0; 3];
+        zyx[self.plane.fixed_axis()] = self.index;
+        zyx[row_axis] = voxel_row;
+        zyx[col_axis] = voxel_col;
+        zyx
+    }
+
+    /// The pixel rows that show the voxels `voxels` (half-open, along the row axis of
+    /// [`Plane::picture_axes`], clipped to the volume); empty when none is shown.
+    pub fn pixel_rows(&self, voxels: Range<usize>) -> Range<usize> {
+        let (start, end) = clip(voxels, self.rows);
+        let (start, end) = if self.flip_rows { (self.rows - end, self.rows - start) } else { (start, end) };
+        first_pixel(start, self.rows, self.height)..first_pixel(end, self.rows, self.height)
+    }
+
+    /// The pixel columns that show the voxels `voxels` (half-open, along the column axis of
+    /// [`Plane::picture_axes`], clipped to the volume); empty when none is shown.
+    pub fn pixel_cols(&self, voxels: Range<usize>) -> Range<usize> {
+        let (start, end) = clip(voxels, self.cols);
+        first_pixel(start, self.cols, self.width)..first_pixel(end, self.cols, self.width)
+    }
+}
+
+/// `range` clipped to `0..len`, as (start, end) with `start <= end`.
+fn clip(range: Range<usize>, len: usize) -> (usize, usize) {
+    let start = range.start.min(len);
+    (start, range.end.clamp(start, len))
+}
+
+/// The first of `pixels` pixels that shows picture voxel `voxel` of `voxels` (or `pixels`
+/// for `voxel == voxels`): the smallest `p` with `p * voxels / pixels >= voxel`.
+fn first_pixel(voxel: usize, voxels: usize, pixels: usize) -> usize {
+    (voxel * pixels).div_ceil(voxels)
+}
+
+/// A plane through a volume as a grey image whose pixels are square in millimetres (see
+/// [`PlaneLayout`]).
 pub fn volume_plane(volume: &Volume, plane: Plane, index: usize, window: DisplayWindow) -> RgbImage {
-    let slice = plane_of(volume.data().view(), plane, index, z_points_up(volume));
-    let (row_mm, col_mm) = plane_spacing(volume, plane);
-    let (rows, cols) = slice.dim();
-    let pixel_mm = row_mm.min(col_mm);
-    let height = ((rows as f64 * row_mm / pixel_mm).round() as usize).max(1);
-    let width = ((cols as f64 * col_mm / pixel_mm).round() as usize).max(1);
-    let mut image = RgbImage::filled(width, height, [0, 0, 0]);
-    for r in 0..height {
-        let sr = (r * rows / height).min(rows - 1);
-        for c in 0..width {
-            let sc = (c * cols / width).min(cols - 1);
-            let g = window.grey(slice[[sr, sc]]);
+    let layout = PlaneLayout::new(&volume.grid(), plane, index);
+    let data = volume.data();
+    let mut image = RgbImage::filled(layout.width, layout.height, [0, 0, 0]);
+    for r in 0..layout.height {
+        for c in 0..layout.width {
+            let g = window.grey(data[layout.voxel_at(r, c)]);
             image.set(r, c, [g, g, g]);
         }
     }
@@ -110,10 +188,10 @@ pub fn draw_outline(
     index: usize,
     colour: [u8; 3],
 ) {
-    let slice = plane_of(mask, plane, index, z_points_up(volume));
-    let (rows, cols) = slice.dim();
+    let layout = PlaneLayout::new(&volume.grid(), plane, index);
+    debug_assert_eq!((image.height, image.width), (layout.height, layout.width), "image made by volume_plane");
     let (h, w) = (image.height, image.width);
-    let inside = |r: usize, c: usize| slice[[(r * rows / h).min(rows - 1), (c * cols / w).min(cols - 1)]];
+    let inside = |r: usize, c: usize| mask[layout.voxel_at(r, c)];
     for r in 0..h {
         for c in 0..w {
             if !inside(r, c) {
@@ -151,6 +229,90 @@ pub fn side_by_side(images: &[RgbImage], gap: usize) -> RgbImage {
     out
 }
 
+/// Images in a grid of `columns` (left to right, then top to bottom), each in a cell as large
+/// as the largest image, top-left aligned, with a `gap` of black pixels between cells.
+pub fn tiled(images: &[RgbImage], columns: usize, gap: usize) -> RgbImage {
+    let columns = columns.clamp(1, images.len().max(1));
+    let rows = images.len().div_ceil(columns);
+    let cell_w = images.iter().map(|i| i.width).max().unwrap_or(0);
+    let cell_h = images.iter().map(|i| i.height).max().unwrap_or(0);
+    let width = columns * cell_w + gap * (columns - 1);
+    let height = rows * cell_h + gap * rows.saturating_sub(1);
+    let mut out = RgbImage::filled(width, height, [0, 0, 0]);
+    for (k, image) in images.iter().enumerate() {
+        let (top, left) = (k / columns * (cell_h + gap), k % columns * (cell_w + gap));
+        for r in 0..image.height {
+            for c in 0..image.width {
+                out.set(top + r, left + c, image.get(r, c));
+            }
+        }
+    }
+    out
+}
+
+/// Fills the pixels `rows` x `cols` (half-open, clipped to the image) with `colour`.
+pub fn fill_rectangle(image: &mut RgbImage, rows: Range<usize>, cols: Range<usize>, colour: [u8; 3]) {
+    for r in rows.start..rows.end.min(image.height) {
+        for c in cols.start..cols.end.min(image.width) {
+            image.set(r, c, colour);
+        }
+    }
+}
+
+/// Draws the one-pixel border of the rectangle `rows` x `cols` (half-open: the border is the
+/// outermost pixels inside it), clipped to the image.
+pub fn draw_rectangle(image: &mut RgbImage, rows: Range<usize>, cols: Range<usize>, colour: [u8; 3]) {
+    if rows.is_empty() || cols.is_empty() {
+        return;
+    }
+    let (top, bottom, left, right) = (rows.start, rows.end - 1, cols.start, cols.end - 1);
+    fill_rectangle(image, top..top + 1, cols.clone(), colour);
+    fill_rectangle(image, bottom..bottom + 1, cols, colour);
+    fill_rectangle(image, rows.clone(), left..left + 1, colour);
+    fill_rectangle(image, rows, right..right + 1, colour);
+}
+
+/// Glyphs 3 pixels wide and 5 high, one row a `u8` (bit 2 is the left pixel): enough for
+/// tick labels and slice numbers.
+const GLYPHS: [(char, [u8; 5]); 12] = [
+    ('0', [0b111, 0b101, 0b101, 0b101, 0b111]),
+    ('1', [0b010, 0b110, 0b010, 0b010, 0b111]),
+    ('2', [0b111, 0b001, 0b111, 0b100, 0b111]),
+    ('3', [0b111, 0b001, 0b111, 0b001, 0b111]),
+    ('4', [0b101, 0b101, 0b111, 0b001, 0b001]),
+    ('5', [0b111, 0b100, 0b111, 0b001, 0b111]),
+    ('6', [0b111, 0b100, 0b111, 0b101, 0b111]),
+    ('7', [0b111, 0b001, 0b001, 0b001, 0b001]),
+    ('8', [0b111, 0b101, 0b111, 0b101, 0b111]),
+    ('9', [0b111, 0b101, 0b111, 0b001, 0b111]),
+    ('.', [0b000, 0b000, 0b000, 0b000, 0b010]),
+    ('-', [0b000, 0b000, 0b111, 0b000, 0b000]),
+];
+
+/// Size in pixels (height, width) of `text` drawn by [`draw_text`] at `scale`.
+pub fn text_size(text: &str, scale: usize) -> (usize, usize) {
+    let chars = text.chars().count();
+    (5 * scale, (4 * chars).saturating_sub(1) * scale)
+}
+
+/// Draws `text` with its top-left corner at (`top`, `left`), each font pixel a `scale` x
+/// `scale` square, clipped to the image. Digits, '.' and '-' have glyphs; any other
+/// character is drawn as a space.
+pub fn draw_text(image: &mut RgbImage, top: usize, left: usize, text: &str, scale: usize, colour: [u8; 3]) {
+    for (k, ch) in text.chars().enumerate() {
+        let Some((_, rows)) = GLYPHS.iter().find(|(g, _)| *g == ch) else { continue };
+        let glyph_left = left + 4 * k * scale;
+        for (gr, bits) in rows.iter().enumerate() {
+            for gc in 0..3 {
+                if bits >> (2 - gc) & 1 == 1 {
+                    let (r, c) = (top + gr * scale, glyph_left + gc * scale);
+                    fill_rectangle(image, r..r + scale, c..c + scale, colour);
+                }
+            }
+        }
+    }
+}
+
 /// Writes an 8-bit RGB PNG atomically (temporary file in the same folder, then rename).
 pub fn write_png(path: &Path, image: &RgbImage) -> std::io::Result<()> {
     let mut bytes = Vec::new();
@@ -164,19 +326,9 @@ pub fn write_png(path: &Path, image: &RgbImage) -> std::io::Result<()> {
     crate::fsutil::write_atomic(path, &bytes)
 }
 
-/// Pixel spacing (rows, columns) in mm of a plane.
-fn plane_spacing(volume: &Volume, plane: Plane) -> (f64, f64) {
-    let [sz, sy, sx] = volume.spacing();
-    match plane {
-        Plane::Axial => (sy, sx),
-        Plane::Coronal => (sz, sx),
-        Plane::Sagittal => (sz, sy),
-    }
-}
-
 /// Whether increasing z moves superior in the world (RAS+: the z row of the affine's k column).
-fn z_points_up(volume: &Volume) -> bool {
-    volume.affine()[2][2] >= 0.0
+fn z_points_up(affine: &Affine) -> bool {
+    affine[2][2] >= 0.0
 }
 
 #[cfg(test)]
@@ -236,5 +388,64 @@ mod tests {
         assert_eq!(&buf[..3], &[10, 20, 30]);
         assert_eq!(&buf[4 * 3..5 * 3], &[200, 0, 0], "column 4 is the second image after a 1-pixel gap");
         assert_eq!(&buf[3 * 6 * 3..3 * 6 * 3 + 3], &[0, 0, 0], "row 3 is below the first image");
+    }
+
+    #[test]
+    fn layout_pixel_ranges_are_exactly_the_pixels_showing_those_voxels() {
+        // Anisotropic and z flipped (superior up): every picture axis stretched by a non-integer factor.
+        let v = Volume::with_spacing(Array3::zeros((5, 7, 3)), [2.5, 1.0, 1.5]).unwrap();
+        for plane in [Plane::Axial, Plane::Coronal, Plane::Sagittal] {
+            let layout = PlaneLayout::new(&v.grid(), plane, 1);
+            let (row_axis, col_axis) = plane.picture_axes();
+            for voxel in 0..v.shape()[row_axis] {
+                let rows: Vec<usize> =
+                    (0..layout.height).filter(|&r| layout.voxel_at(r, 0)[row_axis] == voxel).collect();
+                assert_eq!(
+                    rows,
+                    layout.pixel_rows(voxel..voxel + 1).collect::<Vec<_>>(),
+                    "{plane:?} row voxel {voxel}"
+                );
+            }
+            for voxel in 0..v.shape()[col_axis] {
+                let cols: Vec<usize> =
+                    (0..layout.width).filter(|&c| layout.voxel_at(0, c)[col_axis] == voxel).collect();
+                assert_eq!(
+                    cols,
+                    layout.pixel_cols(voxel..voxel + 1).collect::<Vec<_>>(),
+                    "{plane:?} col voxel {voxel}"
+                );
+            }
+            assert_eq!(layout.voxel_at(0, 0)[plane.fixed_axis()], 1);
+        }
+    }
+
+    #[test]
+    fn text_draws_the_glyph_pixels_scaled() {
+        let mut image = RgbImage::filled(12, 12, [0, 0, 0]);
+        draw_text(&mut image, 1, 1, "1", 2, [255, 255, 255]);
+        // Glyph '1' top row is .#. : at scale 2, pixels (1..3, 3..5) are lit, (1..3, 1..3) not.
+        assert_eq!(image.get(1, 3), [255, 255, 255]);
+        assert_eq!(image.get(2, 4), [255, 255, 255]);
+        assert_eq!(image.get(1, 1), [0, 0, 0]);
+        let lit = image.pixels.iter().filter(|&&p| p == [255, 255, 255]).count();
+        assert_eq!(lit, 8 * 4, "'1' has 8 font pixels, each 2 x 2");
+        assert_eq!(text_size("0.5", 2), (10, 22));
+    }
+
+    #[test]
+    fn tiles_fill_rows_left_to_right() {
+        let images: Vec<RgbImage> = (0..5).map(|k| RgbImage::filled(2, 3, [k * 40, 0, 0])).collect();
+        let grid = tiled(&images, 2, 1);
+        assert_eq!((grid.height, grid.width), (3 * 3 + 2, 2 * 2 + 1));
+        assert_eq!(grid.get(0, 3), [40, 0, 0], "image 1 is right of image 0");
+        assert_eq!(grid.get(8, 0), [160, 0, 0], "image 4 starts the third row");
+        assert_eq!(grid.get(8, 3), [0, 0, 0], "nothing right of the last image");
+    }
+
+    #[test]
+    fn blend_weights_new_over_old() {
+        let mut image = RgbImage::filled(1, 1, [100, 0, 200]);
+        image.blend(0, 0, [200, 255, 0], 0.25);
+        assert_eq!(image.get(0, 0), [125, 64, 150]);
     }
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fracmap_trainer::manifest::{Manifest, Status};
+use fracmap_trainer::phantom_set::{self, PhantomSetSpec};
+use fracmap_trainer::synth::PhantomParams;
 use fracmap_trainer::{crops, folds, show, verse};
 
 #[derive(Parser)]
@@ -17,6 +19,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a phantom spine CT dataset with true fracture masks and its manifest.
+    Synth {
+        /// Output folder (created): one folder per case and manifest.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of cases.
+        #[arg(long, default_value_t = 40)]
+        cases: usize,
+        /// The first N cases have no fracture (VAE training material).
+        #[arg(long, default_value_t = 10)]
+        normal_only: usize,
+        /// The last N cases are marked unlabeled (pseudo-label input).
+        #[arg(long, default_value_t = 0)]
+        unlabeled: usize,
+        /// Seed: the same options and seed write the same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Mean fraction of fractured vertebrae in cases that may have fractures.
+        #[arg(long, default_value_t = PhantomParams::default().fracture_rate)]
+        fracture_rate: f64,
+        /// Levels to draw, FIRST-LAST (e.g. T11-L2).
+        #[arg(long, default_value = "T4-L5")]
+        levels: String,
+        /// In-plane size in voxels (the field of view must cover at least 90 mm).
+        #[arg(long, default_value_t = PhantomParams::default().in_plane)]
+        size: usize,
+        /// Leave out scanner artefacts (streaks, cupping).
+        #[arg(long)]
+        no_artefacts: bool,
+        /// Cross-validation folds to assign.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Worker threads (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Check a manifest and the files it names, and print what it holds.
     Check {
         /// The manifest (JSON).
@@ -105,6 +143,41 @@ fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Synth {
+            out,
+            cases,
+            normal_only,
+            unlabeled,
+            seed,
+            fracture_rate,
+            levels,
+            size,
+            no_artefacts,
+            folds: k,
+            threads,
+        } => {
+            let (first, last) = levels
+                .split_once('-')
+                .with_context(|| format!("--levels {levels:?}: expected FIRST-LAST, e.g. T11-L2"))?;
+            let params = PhantomParams {
+                first: first.parse()?,
+                last: last.parse()?,
+                in_plane: size,
+                fracture_rate,
+                artefacts: !no_artefacts,
+                ..PhantomParams::default()
+            };
+            let threads =
+                if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+            let spec = PhantomSetSpec { cases, normal_only, unlabeled, seed, folds: k, params, threads };
+            let m = phantom_set::write_phantom_set(&out, &spec, &progress("synth: case"))?;
+            let fractured = m.cases.iter().flat_map(|c| &c.vertebrae).filter(|v| v.status == Status::Fractured).count();
+            println!(
+                "{}: {} cases, {fractured} fractured vertebrae",
+                out.join("manifest.json").display(),
+                m.cases.len()
+            );
+        }
         Command::Check { data } => {
             let m = Manifest::load(&data, true)?;
             let vertebrae = m.cases.iter().flat_map(|c| &c.vertebrae);

@@ -1,5 +1,6 @@
 //! `fracmap-train show`: a case at a glance, the axial, coronal and sagittal planes through
-//! its first fracture (or through the volume centre) with the true fracture mask outlined.
+//! the centre of its first fracture box (else of its mask, else of the volume) with the true
+//! fracture mask outlined.
 
 use std::path::Path;
 
@@ -33,9 +34,10 @@ pub fn case_overview(manifest_path: &Path, case: &Case) -> Result<RgbImage> {
         }
         None => None,
     };
-    let centre = mask
-        .as_ref()
-        .and_then(bounding_box)
+    // Through the first fracture box; else the mask's centre; else the volume's.
+    let first_box = case.vertebrae.iter().flat_map(|v| &v.fracture_boxes).next().map(|b| b.to_box3()).transpose()?;
+    let centre = first_box
+        .or_else(|| mask.as_ref().and_then(bounding_box))
         .map(|b| std::array::from_fn(|a| (b.min()[a] + b.max()[a]) / 2))
         .unwrap_or_else(|| ct.shape().map(|n| n / 2));
     let planes = [Plane::Axial, Plane::Coronal, Plane::Sagittal].map(|plane| {

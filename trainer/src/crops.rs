@@ -25,7 +25,6 @@
 //!   so an index only ever names complete files of its own spec.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -39,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::levels::Level;
 use crate::manifest::{BoxJson, Case, Manifest, Status, Vertebra};
+use crate::parallel::map_indexed;
 
 pub const FORMAT: &str = "fracmap-crops";
 /// Bumped whenever the way a crop is made changes, so that older caches are rebuilt.
@@ -363,7 +363,7 @@ pub fn build_crop_cache(
         }
         _ => {}
     }
-    let per_case = for_each_case(manifest.cases.len(), threads, progress, |i| {
+    let per_case = map_indexed(manifest.cases.len(), threads, progress, |i| {
         let case = &manifest.cases[i];
         crop_case(manifest_path, case, spec, out).with_context(|| format!("case {}", case.id))
     })?;
@@ -422,47 +422,6 @@ fn fingerprint(manifest_abs: &Path, manifest_bytes: &[u8], manifest_path: &Path,
         }
     }
     format!("fnv1a64:{hash:016x}")
-}
-
-/// Runs `work` for `0..total` on `threads` workers (0: every core), calling `progress(done,
-/// total)` as each finishes. Results come back in index order; after a failure the workers
-/// start nothing new and the first failure (in index order) is returned.
-fn for_each_case<T: Send>(
-    total: usize,
-    threads: usize,
-    progress: &(dyn Fn(usize, usize) + Sync),
-    work: impl Fn(usize) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-    .clamp(1, total.max(1));
-    let (next, done, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
-    let mut finished: Vec<(usize, Result<T>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
-                            break;
-                        }
-                        let result = work(i);
-                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
-                        mine.push((i, result));
-                        progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                    }
-                    mine
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    });
-    // Indices are handed out in order, so every index below a finished one has finished too.
-    finished.sort_by_key(|(i, _)| *i);
-    finished.into_iter().map(|(_, result)| result).collect()
 }
 
 /// Reads one case's CT (and fracture mask) once and writes the crops of all its vertebrae.

@@ -5,6 +5,7 @@ pub mod crops;
 pub mod folds;
 pub mod levels;
 pub mod manifest;
+pub mod parallel;
 pub mod phantom_set;
 pub mod show;
 pub mod synth;

@@ -6,7 +6,6 @@
 //! the same bytes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, ensure};
 use fracmap_core::Volume;
@@ -14,6 +13,7 @@ use fracmap_core::nifti_io::{NiftiDtype, write_mask, write_volume};
 
 use crate::folds::assign_folds;
 use crate::manifest::{BoxJson, Case, Manifest, SliceRangeJson, Status, Vertebra};
+use crate::parallel::map_indexed;
 use crate::synth::{PhantomCase, PhantomParams, generate_case};
 
 /// What to generate. Cases `0..normal_only` have no fracture (VAE training material); the
@@ -26,7 +26,7 @@ pub struct PhantomSetSpec {
     pub seed: u64,
     pub folds: usize,
     pub params: PhantomParams,
-    /// Worker threads; cases are independent.
+    /// Worker threads (0: every core); cases are independent.
     pub threads: usize,
 }
 
@@ -41,29 +41,7 @@ pub fn write_phantom_set(
     ensure!(spec.normal_only + spec.unlabeled <= spec.cases, "--normal-only + --unlabeled exceed --cases");
     spec.params.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let worker = || -> Result<Vec<(usize, Case)>> {
-        let mut mine = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= spec.cases {
-                return Ok(mine);
-            }
-            mine.push((i, write_case(out, spec, i)?));
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, spec.cases);
-        }
-    };
-    let mut cases: Vec<(usize, Case)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..spec.threads.max(1)).map(|_| s.spawn(worker)).collect();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().expect("phantom worker panicked")?);
-        }
-        Ok::<_, anyhow::Error>(all)
-    })?;
-    cases.sort_by_key(|(i, _)| *i);
-    let mut cases: Vec<Case> = cases.into_iter().map(|(_, c)| c).collect();
+    let mut cases = map_indexed(spec.cases, spec.threads, progress, |i| write_case(out, spec, i))?;
     assign_folds(&mut cases, spec.folds, spec.seed);
     let source = format!(
         "fracmap-train synth --cases {} --normal-only {} --unlabeled {} --seed {}",
@@ -128,6 +106,7 @@ mod tests {
     use fracmap_core::geometry::bounding_box;
     use fracmap_core::nifti_io::read_volume;
     use fracmap_core::preprocess::volume_to_mask;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn spec() -> PhantomSetSpec {
         PhantomSetSpec {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The main job, end to end, on a fresh machine: install what is missing, build, generate a
+# small phantom dataset, check it, cut and cache vertebra crops, draw the cases, then start
+# the inference server and ask it what it runs. Everything lands in runs/demo/.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/setup.sh
+step() { printf '\n== %s\n' "$*"; }
+out=runs/demo
+mkdir -p "$out"
+
+step "build"
+cargo build --workspace --locked
+bin=target/debug
+
+step "phantom: 6 spine CT cases (2 normal-only, 1 unlabeled) with true fracture masks"
+"$bin/fracmap-train" synth --out "$out/data" --cases 6 --normal-only 2 --unlabeled 1 --seed 7
+"$bin/fracmap-train" check --data "$out/data/manifest.json"
+
+step "crops: every vertebra cut, resampled to 1 mm and cached as 64^3 patches"
+"$bin/fracmap-train" crops --data "$out/data/manifest.json" --out "$out/crops"
+
+step "pictures: axial, coronal and sagittal planes through each case's fracture"
+"$bin/fracmap-train" show --data "$out/data/manifest.json" --out "$out/show"
+
+step "server: start, ask what it runs, stop"
+port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin/fracmap-server" --listen "127.0.0.1:$port" --device auto > "$out/server.log" 2>&1 &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  "$bin/fracmap" info --server "http://127.0.0.1:$port" --connect-timeout 1 > /dev/null 2>&1 && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$out/server.log"; echo "demo: the server exited" >&2; exit 1; }
+  sleep 0.2
+done
+"$bin/fracmap" info --server "http://127.0.0.1:$port"
+echo "services (reflection, as grpcurl sees them):"
+.venv/bin/grpcurl -plaintext "127.0.0.1:$port" list | sed 's/^/  /'
+kill -TERM "$server_pid"
+wait "$server_pid"
+trap - EXIT
+echo "server stopped cleanly (log: $out/server.log)"
+
+printf '\ndemo: done; outputs under %s/\n' "$out"

@@ -27,9 +27,9 @@ enum Command {
         /// Number of cases.
         #[arg(long, default_value_t = 40)]
         cases: usize,
-        /// The first N cases have no fracture (VAE training material).
-        #[arg(long, default_value_t = 10)]
-        normal_only: usize,
+        /// The first N cases have no fracture (VAE training material) [default: a quarter of --cases].
+        #[arg(long)]
+        normal_only: Option<usize>,
         /// The last N cases are marked unlabeled (pseudo-label input).
         #[arg(long, default_value_t = 0)]
         unlabeled: usize,
@@ -169,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let threads =
                 if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+            let normal_only = normal_only.unwrap_or(cases / 4);
             let spec = PhantomSetSpec { cases, normal_only, unlabeled, seed, folds: k, params, threads };
             let m = phantom_set::write_phantom_set(&out, &spec, &progress("synth: case"))?;
             let fractured = m.cases.iter().flat_map(|c| &c.vertebrae).filter(|v| v.status == Status::Fractured).count();

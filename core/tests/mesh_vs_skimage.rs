@@ -10,9 +10,9 @@
 //! so there we compare with scikit-image's classic method, which must agree as closely as the
 //! triangulation of the polygons in each cube allows.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fracmap_core::mesh::{SurfaceOptions, isosurface};
 use fracmap_core::volume::{Affine, Volume};
@@ -34,29 +34,14 @@ fn skimage_area(volume: &Volume, level: f32, method: Method) -> f64 {
     file.write_all(&bytes).unwrap();
     file.flush().unwrap();
 
-    let python = std::env::var("FRACMAP_PYTHON").unwrap_or_else(|_| {
-        panic!("FRACMAP_PYTHON is not set (cargo sets it from .cargo/config.toml): run bash scripts/setup.sh")
-    });
-    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/marching_cubes_reference.py");
     let [nz, ny, nx] = volume.shape();
     let [sz, sy, sx] = volume.spacing();
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(file.path())
-        .args([nz, ny, nx].map(|n| n.to_string()))
-        .args([sz, sy, sx].map(|s| s.to_string()))
-        .arg(f64::from(level).to_string())
-        .arg(format!("{method:?}").to_lowercase())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run bash scripts/setup.sh"));
-    assert!(
-        output.status.success(),
-        "{python} {} failed; run bash scripts/setup.sh\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script prints one JSON object");
+    let mut args = vec![file.path().display().to_string()];
+    args.extend([nz, ny, nx].map(|n| n.to_string()));
+    args.extend([sz, sy, sx].map(|s| s.to_string()));
+    args.push(f64::from(level).to_string());
+    args.push(format!("{method:?}").to_lowercase());
+    let reference = common::run_json_script("marching_cubes_reference.py", &args);
     reference["area"].as_f64().unwrap_or_else(|| panic!("no area in {reference}"))
 }
 

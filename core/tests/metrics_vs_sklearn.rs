@@ -2,9 +2,9 @@
 //! reference values come from `scripts/py/metrics_reference.py`, run with the Python that
 //! `scripts/setup.sh` installs (`FRACMAP_PYTHON`, set for cargo by `.cargo/config.toml`).
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fracmap_core::metrics::{Confusion, average_precision, roc_auc};
 use rand::{Rng, SeedableRng};
@@ -53,22 +53,7 @@ fn sklearn_reference(scores: &[f32], truth: &[bool]) -> serde_json::Value {
     }
     file.flush().unwrap();
 
-    let python = std::env::var("FRACMAP_PYTHON").unwrap_or_else(|_| {
-        panic!("FRACMAP_PYTHON is not set (cargo sets it from .cargo/config.toml): run bash scripts/setup.sh")
-    });
-    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/metrics_reference.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(file.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run bash scripts/setup.sh"));
-    assert!(
-        output.status.success(),
-        "{python} {} failed; run bash scripts/setup.sh\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("the script prints one JSON object")
+    common::run_json_script("metrics_reference.py", &[file.path()])
 }
 
 fn assert_agrees(name: &str, ours: f64, reference: &serde_json::Value) {

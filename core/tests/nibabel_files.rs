@@ -4,44 +4,25 @@
 //! Python that `FRACMAP_PYTHON` names (set by `.cargo/config.toml`, installed by
 //! `scripts/setup.sh`). Each file gets one line of output; run with `--nocapture` to see them.
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fracmap_core::nifti_io::{NiftiDtype, NiftiError, read_volume, write_mask, write_volume};
 use fracmap_core::{Affine, Volume};
 use ndarray::Array3;
 use serde_json::Value;
 
-const SETUP_HINT: &str = "run bash scripts/setup.sh (it installs nibabel into .venv; cargo finds it through \
-                          FRACMAP_PYTHON in .cargo/config.toml)";
 const AFFINE_TOLERANCE: f64 = 1e-5;
-
-fn python() -> Command {
-    let python =
-        std::env::var_os("FRACMAP_PYTHON").unwrap_or_else(|| panic!("FRACMAP_PYTHON is not set: {SETUP_HINT}"));
-    Command::new(python)
-}
-
-/// Runs python with `args`, panicking with the setup hint when it cannot run or fails.
-fn run_python(args: &[&std::ffi::OsStr]) -> String {
-    let output =
-        python().args(args).output().unwrap_or_else(|e| panic!("cannot run FRACMAP_PYTHON ({e}): {SETUP_HINT}"));
-    assert!(
-        output.status.success(),
-        "python {args:?} failed: {}\n{SETUP_HINT}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("python prints UTF-8")
-}
 
 fn nibabel_test_data() -> PathBuf {
     let code = "import nibabel, os; print(os.path.join(os.path.dirname(nibabel.__file__), 'tests', 'data'))";
-    PathBuf::from(run_python(&["-c".as_ref(), code.as_ref()]).trim())
+    PathBuf::from(common::run_python(&["-c", code]).trim())
 }
 
 fn dump_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/nibabel_dump.py")
+    common::script("nibabel_dump.py")
 }
 
 /// What nibabel sees in one file.
@@ -54,7 +35,7 @@ struct Nibabel {
 impl Nibabel {
     fn of(file: &Path) -> Nibabel {
         let out = tempfile::tempdir().unwrap();
-        run_python(&[dump_script().as_os_str(), file.as_os_str(), out.path().as_os_str()]);
+        common::run_python(&[dump_script().as_os_str(), file.as_os_str(), out.path().as_os_str()]);
         let header: Value = serde_json::from_slice(&std::fs::read(out.path().join("header.json")).unwrap()).unwrap();
         let voxels = std::fs::read(out.path().join("voxels.f32"))
             .map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
@@ -185,7 +166,7 @@ fn every_nifti_file_in_nibabels_test_data_reads_as_nibabel_reads_it_or_is_an_err
 #[test]
 fn files_nibabel_writes_for_the_cases_its_data_lacks_read_as_nibabel_reads_them() {
     let dir = tempfile::tempdir().unwrap();
-    run_python(&[dump_script().as_os_str(), "--make-variants".as_ref(), dir.path().as_os_str()]);
+    common::run_python(&[dump_script().as_os_str(), "--make-variants".as_ref(), dir.path().as_os_str()]);
     let (volumes, refused) = check_dir(dir.path());
     // Scaled int16 twice, slope 0, qform only, neither form, sform beside another qform,
     // 2D, one-frame 4D, micrometres, int8, uint16, uint32, int64; complex and two frames.

@@ -9,4 +9,5 @@ pub mod parallel;
 pub mod phantom_set;
 pub mod show;
 pub mod synth;
+pub mod vae;
 pub mod verse;

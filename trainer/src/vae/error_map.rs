@@ -1,0 +1,109 @@
+//! The VAE's reconstruction-error map `E = |X - X_hat|` (`z = mu`): large where a crop leaves
+//! the normal pattern the VAE learned. Phase 2 reads it beside the CT.
+
+use ndarray::{Array3, Axis};
+
+use super::data::batch_tensor;
+use super::model::Vae;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ErrorMapError {
+    #[error("crop of shape [z, y, x] = {shape:?}, the model takes {expected:?}")]
+    Shape { shape: [usize; 3], expected: [usize; 3] },
+    #[error("smoothing sigma must be finite and positive (voxels), got {0}")]
+    Sigma(f32),
+}
+
+/// `|crop - reconstruction|` per voxel, `[z, y, x]` like `crop` (windowed HU in `[0, 1]`),
+/// optionally smoothed by a Gaussian of `sigma` voxels. `model` is an inference model
+/// (`Module::valid()` of a trained one, or one loaded on a plain device).
+pub fn error_map(model: &Vae, crop: &Array3<f32>, sigma: Option<f32>) -> Result<Array3<f32>, ErrorMapError> {
+    let expected = model.input_shape;
+    let (z, y, x) = crop.dim();
+    if [z, y, x] != expected {
+        return Err(ErrorMapError::Shape { shape: [z, y, x], expected });
+    }
+    if let Some(s) = sigma.filter(|s| !s.is_finite() || *s <= 0.0) {
+        return Err(ErrorMapError::Sigma(s));
+    }
+    let device = model.head.weight.val().device();
+    let error = model.error(batch_tensor(std::slice::from_ref(crop), &device));
+    let values = error.into_data().try_to_vec::<f32>().expect("the error map is f32");
+    let map = Array3::from_shape_vec((z, y, x), values).expect("the error map has the crop's shape");
+    Ok(match sigma {
+        Some(sigma) => gaussian_smooth(&map, sigma),
+        None => map,
+    })
+}
+
+/// Separable Gaussian blur of `sigma` voxels (kernel cut at 3 sigma, normalised); the edge
+/// voxel is repeated beyond the border, so a constant volume stays constant.
+pub fn gaussian_smooth(volume: &Array3<f32>, sigma: f32) -> Array3<f32> {
+    let radius = (3.0 * sigma).ceil() as isize;
+    let weights: Vec<f32> = (-radius..=radius).map(|i| (-0.5 * (i as f32 / sigma).powi(2)).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let kernel: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let mut out = volume.clone();
+    for axis in 0..3 {
+        let source = out.clone();
+        for (mut line_out, line_in) in out.lanes_mut(Axis(axis)).into_iter().zip(source.lanes(Axis(axis))) {
+            let n = line_in.len() as isize;
+            for (i, value) in line_out.iter_mut().enumerate() {
+                *value = kernel
+                    .iter()
+                    .zip(-radius..=radius)
+                    .map(|(k, offset)| k * line_in[(i as isize + offset).clamp(0, n - 1) as usize])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vae::config::ModelConfig;
+    use burn::prelude::*;
+
+    fn tiny_model() -> Vae {
+        ModelConfig { input_shape: [16; 3], base_channels: 2, levels: 2, latent_dim: 8, ..ModelConfig::default() }
+            .init(&Device::flex(), 0)
+    }
+
+    #[test]
+    fn error_map_is_the_absolute_difference_to_the_inference_reconstruction() {
+        let model = tiny_model();
+        let crop = Array3::from_shape_fn((16, 16, 16), |(z, y, x)| ((z + 2 * y + 3 * x) % 10) as f32 / 10.0);
+        let map = error_map(&model, &crop, None).unwrap();
+        let reconstruction = model.forward_inference(batch_tensor(std::slice::from_ref(&crop), &Device::flex()));
+        let reconstruction = reconstruction.into_data().try_to_vec::<f32>().unwrap();
+        let expected: Vec<f32> = crop.iter().zip(&reconstruction).map(|(x, r)| (x - r).abs()).collect();
+        assert_eq!(map.dim(), (16, 16, 16));
+        assert_eq!(map.iter().copied().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn a_crop_of_the_wrong_shape_is_refused() {
+        let err = error_map(&tiny_model(), &Array3::zeros((16, 16, 8)), None).unwrap_err();
+        assert_eq!(err, ErrorMapError::Shape { shape: [16, 16, 8], expected: [16, 16, 16] });
+    }
+
+    #[test]
+    fn a_non_positive_sigma_is_refused() {
+        let err = error_map(&tiny_model(), &Array3::zeros((16, 16, 16)), Some(0.0)).unwrap_err();
+        assert_eq!(err, ErrorMapError::Sigma(0.0));
+    }
+
+    #[test]
+    fn smoothing_keeps_a_constant_and_the_total_of_an_inner_spike() {
+        let constant = Array3::from_elem((5, 6, 7), 0.25f32);
+        assert!(gaussian_smooth(&constant, 1.0).iter().all(|v| (v - 0.25).abs() < 1e-6));
+        let mut spike = Array3::<f32>::zeros((15, 15, 15));
+        spike[[7, 7, 7]] = 1.0;
+        let smooth = gaussian_smooth(&spike, 1.0);
+        assert!((smooth.sum() - 1.0).abs() < 1e-5);
+        assert!(smooth[[7, 7, 7]] < 0.1 && smooth[[7, 7, 8]] > 0.0);
+        assert!((smooth[[7, 7, 8]] - smooth[[7, 8, 7]]).abs() < 1e-7, "isotropic");
+    }
+}

@@ -8,6 +8,7 @@
 //! maps to ONNX `N, C, D, H, W` without a copy. The affine maps voxel `(x, y, z, 1)` (NIfTI's
 //! `i, j, k`) to world millimetres (RAS+), as NIfTI defines it.
 
+pub mod chart;
 pub mod colormap;
 pub mod fsutil;
 pub mod geometry;

@@ -268,26 +268,39 @@ pub struct LoadedCrop {
 impl CropEntry {
     /// Reads the crop's files from the cache folder `dir`.
     pub fn load(&self, dir: &Path) -> Result<LoadedCrop> {
-        let folder = dir.join(&self.dir);
-        let read = |name: &str| -> Result<Volume> {
-            let volume = read_volume(&folder.join(name))?;
-            ensure!(
-                volume.shape() == self.grid.shape,
-                "{}: shape [z, y, x] = {:?}, the crop index says {:?}",
-                folder.join(name).display(),
-                volume.shape(),
-                self.grid.shape
-            );
-            Ok(volume)
-        };
-        let read_mask = |name: &str| read(name).map(|v| volume_to_mask(&v, 0.5));
+        let read_mask = |name: &str| self.read(dir, name).map(|v| volume_to_mask(&v, 0.5));
         let context = || format!("crop {}", self.dir);
         Ok(LoadedCrop {
-            ct: read(&self.files.ct).with_context(context)?,
+            ct: self.load_ct(dir)?,
             box_in: read_mask(&self.files.box_in).with_context(context)?,
             slice_in: read_mask(&self.files.slice_in).with_context(context)?,
-            truth: self.files.truth.as_deref().map(read_mask).transpose().with_context(context)?,
+            truth: self.load_truth(dir)?,
         })
+    }
+
+    /// Reads the crop's CT (HU) alone: what a model's input needs.
+    pub fn load_ct(&self, dir: &Path) -> Result<Volume> {
+        self.read(dir, &self.files.ct).with_context(|| format!("crop {}", self.dir))
+    }
+
+    /// Reads the crop's true fracture mask, `None` for a case without one.
+    pub fn load_truth(&self, dir: &Path) -> Result<Option<Mask>> {
+        let read_mask = |name: &str| self.read(dir, name).map(|v| volume_to_mask(&v, 0.5));
+        self.files.truth.as_deref().map(read_mask).transpose().with_context(|| format!("crop {}", self.dir))
+    }
+
+    /// Reads one file of the crop and checks its shape against the index.
+    fn read(&self, dir: &Path, name: &str) -> Result<Volume> {
+        let path = dir.join(&self.dir).join(name);
+        let volume = read_volume(&path)?;
+        ensure!(
+            volume.shape() == self.grid.shape,
+            "{}: shape [z, y, x] = {:?}, the crop index says {:?}",
+            path.display(),
+            volume.shape(),
+            self.grid.shape
+        );
+        Ok(volume)
     }
 
     fn file_paths(&self, dir: &Path) -> Vec<PathBuf> {

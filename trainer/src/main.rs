@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use fracmap_trainer::manifest::{Manifest, Status};
 use fracmap_trainer::phantom_set::{self, PhantomSetSpec};
 use fracmap_trainer::synth::PhantomParams;
-use fracmap_trainer::{crops, folds, show, verse};
+use fracmap_trainer::{crops, folds, show, vae, verse};
 
 #[derive(Parser)]
 #[command(name = "fracmap-train", version, about = "Data, training, evaluation and export of fracmap's models")]
@@ -102,6 +102,57 @@ enum Command {
         folds: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Train the phase-1 VAE on normal vertebrae (crops are made and cached from the manifest).
+    ///
+    /// Fold K is the test fold (left for eval-vae), fold K+1 picks the best epoch, the rest
+    /// train. The run folder gets run.json, config.toml, metrics.csv, loss.png and checkpoints;
+    /// a run stopped at any point continues with --resume, losing at most the current epoch.
+    Vae {
+        /// The configuration (TOML); see configs/vae.toml and configs/vae_quick.toml.
+        #[arg(long, default_value = "configs/vae.toml")]
+        config: PathBuf,
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+        /// The test fold.
+        #[arg(long, default_value_t = 0)]
+        fold: usize,
+        /// The run folder (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// The crop cache folder [default: crops/<spec> beside the manifest].
+        #[arg(long)]
+        crops: Option<PathBuf>,
+        /// Worker threads for cropping (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Evaluate a VAE run's error map on its test fold: voxel ROC-AUC and PR-AUC against the
+    /// true fracture masks, vertebra ROC-AUC normal vs fractured, error maps as NIfTI, pictures
+    /// and report.md.
+    EvalVae {
+        /// The run folder of `fracmap-train vae` (its run.json names the data and the folds).
+        #[arg(long)]
+        run: PathBuf,
+        /// The report folder [default: <run>/eval].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Evaluate the last checkpoint instead of the best.
+        #[arg(long)]
+        last: bool,
+        /// Smooth the error map with a Gaussian of this many voxels (default: no smoothing).
+        #[arg(long)]
+        sigma: Option<f32>,
+        /// The percentile of the error map that scores a vertebra.
+        #[arg(long, default_value_t = 99.0)]
+        percentile: f64,
+        /// Fractured vertebrae to draw (and half as many normal ones).
+        #[arg(long, default_value_t = 6)]
+        pictures: usize,
     },
     /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
     ImportVerse {
@@ -217,6 +268,30 @@ fn run(cli: Cli) -> Result<()> {
             if index.oversize() > 0 {
                 eprintln!("note: {} vertebrae were larger than the patch and were cropped centrally", index.oversize());
             }
+        }
+        Command::Vae { config, data, fold, out, resume, crops, threads } => {
+            let request = vae::run::VaeTrainRequest { config, data, fold, out, resume, crops, threads };
+            let outcome = vae::run::train_vae(&request)?;
+            let best =
+                outcome.best.map_or("none".to_string(), |b| format!("epoch {} (val loss {:.5})", b.epoch, b.val_loss));
+            println!("{}: {} epochs, best {best}", request.out.display(), outcome.epochs_done);
+        }
+        Command::EvalVae { run, out, last, sigma, percentile, pictures } => {
+            let checkpoint = if last { vae::checkpoint::Which::Last } else { vae::checkpoint::Which::Best };
+            let request = vae::eval::VaeEvalRequest { run, out, checkpoint, sigma, percentile, pictures };
+            let r = vae::eval::evaluate_vae(&request)?;
+            let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "test fold {}: voxel ROC-AUC {}, PR-AUC {} (prevalence {}), vertebra ROC-AUC {} ({} normal, {} fractured)",
+                r.test_fold,
+                show(r.voxel_roc_auc),
+                show(r.voxel_pr_auc),
+                show(r.prevalence),
+                show(r.vertebra_roc_auc),
+                r.normal,
+                r.fractured
+            );
+            println!("{}", r.out.join("report.md").display());
         }
         Command::Folds { data, folds: k, seed } => {
             let mut m = Manifest::load(&data, false)?;

@@ -7,10 +7,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crops::CropSpecError;
+use crate::training_data::DataConfig;
+
 /// The whole configuration of a VAE run.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VaeConfig {
+    pub data: DataConfig,
     pub model: ModelConfig,
     pub loss: LossConfig,
     pub train: TrainConfig,
@@ -144,6 +148,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("VAE configuration: {0}")]
     Parse(#[from] toml::de::Error),
+    #[error("VAE configuration: [data]: {0}")]
+    Data(#[from] CropSpecError),
     #[error("VAE configuration: {field} = {value}: {reason}")]
     Invalid { field: &'static str, value: String, reason: String },
 }
@@ -168,6 +174,7 @@ impl VaeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate()?;
+        self.data.crop_spec(self.model.input_shape).validate()?;
         let loss = &self.loss;
         check("loss.beta", loss.beta, loss.beta.is_finite() && loss.beta >= 0.0, "must be finite and >= 0")?;
         let train = &self.train;

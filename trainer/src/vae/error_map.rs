@@ -18,18 +18,34 @@ pub enum ErrorMapError {
 /// optionally smoothed by a Gaussian of `sigma` voxels. `model` is an inference model
 /// (`Module::valid()` of a trained one, or one loaded on a plain device).
 pub fn error_map(model: &Vae, crop: &Array3<f32>, sigma: Option<f32>) -> Result<Array3<f32>, ErrorMapError> {
+    let reconstruction = reconstruct(model, crop)?;
+    error_of(crop, &reconstruction, sigma)
+}
+
+/// The model's reconstruction of `crop` with `z = mu`, `[z, y, x]`.
+pub fn reconstruct(model: &Vae, crop: &Array3<f32>) -> Result<Array3<f32>, ErrorMapError> {
     let expected = model.input_shape;
     let (z, y, x) = crop.dim();
     if [z, y, x] != expected {
         return Err(ErrorMapError::Shape { shape: [z, y, x], expected });
     }
+    let device = model.head.weight.val().device();
+    let reconstruction = model.forward_inference(batch_tensor(std::slice::from_ref(crop), &device));
+    let values = reconstruction.into_data().try_to_vec::<f32>().expect("the reconstruction is f32");
+    Ok(Array3::from_shape_vec((z, y, x), values).expect("the reconstruction has the crop's shape"))
+}
+
+/// `|crop - reconstruction|`, smoothed by a Gaussian of `sigma` voxels when given (checked
+/// finite and positive).
+pub fn error_of(
+    crop: &Array3<f32>,
+    reconstruction: &Array3<f32>,
+    sigma: Option<f32>,
+) -> Result<Array3<f32>, ErrorMapError> {
     if let Some(s) = sigma.filter(|s| !s.is_finite() || *s <= 0.0) {
         return Err(ErrorMapError::Sigma(s));
     }
-    let device = model.head.weight.val().device();
-    let error = model.error(batch_tensor(std::slice::from_ref(crop), &device));
-    let values = error.into_data().try_to_vec::<f32>().expect("the error map is f32");
-    let map = Array3::from_shape_vec((z, y, x), values).expect("the error map has the crop's shape");
+    let map = (crop - reconstruction).mapv(f32::abs);
     Ok(match sigma {
         Some(sigma) => gaussian_smooth(&map, sigma),
         None => map,

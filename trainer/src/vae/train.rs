@@ -35,8 +35,8 @@ const METRICS_HEADER: &str = "epoch,beta,train_loss,train_recon,train_kl,val_los
 pub struct TrainRun<'a> {
     pub config: &'a VaeConfig,
     /// Normal vertebrae, windowed to `[0, 1]`, of the model's input shape.
-    pub train: &'a dyn CropSet,
-    pub val: &'a dyn CropSet,
+    pub train: &'a (dyn CropSet + Sync),
+    pub val: &'a (dyn CropSet + Sync),
     /// Receives `metrics.csv`, the pointers and `checkpoints/` (see `checkpoint.rs`).
     pub run_dir: &'a Path,
     /// Where tensors live (e.g. `Device::flex()`); training uses its autodiff form.
@@ -66,6 +66,24 @@ pub struct EpochMetrics {
     pub val: Option<LossValues>,
     pub seconds: f64,
 }
+
+/// What [`TrainRun::run`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TrainEvent<'a> {
+    /// A training batch is done (`epoch`, `batch` 1-based); `loss` is the batch's.
+    Batch { epoch: usize, epochs: usize, batch: usize, batches: usize, loss: LossValues, crops_per_second: f64 },
+    /// An epoch is done and its checkpoint written.
+    Epoch(&'a EpochMetrics),
+}
+
+/// A training batch ready for a step.
+struct TrainBatch {
+    crops: Vec<Array3<f32>>,
+    noise: Vec<f32>,
+}
+
+/// Batches prepared ahead of the one training.
+const PREFETCH_BATCHES: usize = 2;
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -107,11 +125,11 @@ pub fn epoch_rng(seed: u64, index: usize) -> ChaCha8Rng {
 }
 
 impl TrainRun<'_> {
-    /// Trains up to `config.train.epochs`, calling `on_epoch` after each epoch's checkpoint.
-    pub fn run(&self, mut on_epoch: impl FnMut(&EpochMetrics)) -> Result<TrainOutcome, TrainError> {
+    /// Trains up to `config.train.epochs`, telling `observe` of every batch and of every
+    /// epoch (after its checkpoint is written).
+    pub fn run(&self, mut observe: impl FnMut(TrainEvent<'_>)) -> Result<TrainOutcome, TrainError> {
         let config = self.config;
         config.validate()?;
-        let expected = config.model.input_shape;
         for (name, set) in [("training", self.train), ("validation", self.val)] {
             if set.is_empty() {
                 return Err(TrainError::EmptySet(name));
@@ -122,32 +140,47 @@ impl TrainRun<'_> {
         let metrics_path = self.run_dir.join(METRICS_FILE);
         keep_metrics_until(&metrics_path, state.epochs_done)?;
 
+        let epochs = config.train.epochs;
+        let batches = self.train.len().div_ceil(config.train.batch_size);
         let mut history = Vec::new();
-        for index in state.epochs_done..config.train.epochs {
+        for index in state.epochs_done..epochs {
             let started = Instant::now();
             let epoch = index + 1;
             let beta = config.loss.beta_at(index);
-            let mut rng = epoch_rng(config.train.seed, index);
-            let mut order: Vec<usize> = (0..self.train.len()).collect();
-            order.shuffle(&mut rng);
             let mut sums = LossSums::default();
-            for (batch, indices) in order.chunks(config.train.batch_size).enumerate() {
-                let crops = indices
-                    .iter()
-                    .map(|&i| {
-                        read_crop(self.train, "training", i, expected).map(|c| augment(&c, &config.augment, &mut rng))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let latent = config.model.latent_dim;
-                let noise = standard_normal(crops.len() * latent, &mut rng);
-                let (stepped, loss) = train_step(config, beta, model, &mut optimizer, &crops, noise, &device);
-                model = stepped;
-                let values = sums.add(&loss, crops.len());
-                if !values.loss.is_finite() {
-                    return Err(TrainError::NonFinite { epoch, batch, value: values.loss });
+            // Batches are read and augmented on another thread while this one trains: the
+            // same generator draws in the same order as a sequential loop would.
+            model = std::thread::scope(|scope| -> Result<Vae, TrainError> {
+                let (sender, receiver) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
+                scope.spawn(move || {
+                    for batch in self.batches(index) {
+                        let failed = batch.is_err();
+                        if sender.send(batch).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                for (batch, prepared) in receiver.into_iter().enumerate() {
+                    let TrainBatch { crops, noise } = prepared?;
+                    let (stepped, loss) = train_step(config, beta, model, &mut optimizer, &crops, noise, &device);
+                    model = stepped;
+                    let values = sums.add(&loss, crops.len());
+                    if !values.loss.is_finite() {
+                        return Err(TrainError::NonFinite { epoch, batch, value: values.loss });
+                    }
+                    let crops_per_second = sums.crops as f64 / started.elapsed().as_secs_f64();
+                    observe(TrainEvent::Batch {
+                        epoch,
+                        epochs,
+                        batch: batch + 1,
+                        batches,
+                        loss: values,
+                        crops_per_second,
+                    });
                 }
-            }
-            let validate = epoch % config.train.val_every == 0 || epoch == config.train.epochs;
+                Ok(model)
+            })?;
+            let validate = epoch % config.train.val_every == 0 || epoch == epochs;
             let val = if validate { Some(self.evaluate(&model.valid())?) } else { None };
             let metrics =
                 EpochMetrics { epoch, beta, train: sums.mean(), val, seconds: started.elapsed().as_secs_f64() };
@@ -159,10 +192,31 @@ impl TrainRun<'_> {
             }
             state.epochs_done = epoch;
             checkpoint::save(self.run_dir, &state, &model, &optimizer, improved.is_some())?;
-            on_epoch(&metrics);
+            observe(TrainEvent::Epoch(&metrics));
             history.push(metrics);
         }
         Ok(TrainOutcome { epochs_done: state.epochs_done, best: state.best, history, model })
+    }
+
+    /// The training batches of epoch `index` (0-based) in order: shuffled, read, augmented,
+    /// with their reparameterisation noise, all from [`epoch_rng`].
+    fn batches(&self, index: usize) -> impl Iterator<Item = Result<TrainBatch, TrainError>> + '_ {
+        let config = self.config;
+        let mut rng = epoch_rng(config.train.seed, index);
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        order.shuffle(&mut rng);
+        let chunks: Vec<Vec<usize>> = order.chunks(config.train.batch_size).map(<[usize]>::to_vec).collect();
+        chunks.into_iter().map(move |indices| {
+            let crops = indices
+                .iter()
+                .map(|&i| {
+                    read_crop(self.train, "training", i, config.model.input_shape)
+                        .map(|c| augment(&c, &config.augment, &mut rng))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let noise = standard_normal(crops.len() * config.model.latent_dim, &mut rng);
+            Ok(TrainBatch { crops, noise })
+        })
     }
 
     /// A fresh model and optimizer, or those of the last checkpoint when resuming.
@@ -236,7 +290,7 @@ pub fn train_step(
 }
 
 fn read_crop(
-    set: &dyn CropSet,
+    set: &(dyn CropSet + Sync),
     name: &'static str,
     index: usize,
     expected: [usize; 3],
@@ -314,9 +368,9 @@ mod tests {
 
     /// 16^3 crops, base 2, two levels, latent 8, batch 2.
     fn tiny_config(epochs: usize) -> VaeConfig {
-        let mut config = VaeConfig::default();
-        config.model =
+        let model =
             ModelConfig { input_shape: [16; 3], base_channels: 2, levels: 2, latent_dim: 8, ..ModelConfig::default() };
+        let mut config = VaeConfig { model, ..VaeConfig::default() };
         config.loss.kl_warmup_epochs = 1;
         config.train.epochs = epochs;
         config.train.batch_size = 2;

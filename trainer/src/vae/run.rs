@@ -38,7 +38,7 @@ pub struct VaeTrainRequest {
 
 /// Trains the VAE of a request, reporting progress on stderr.
 pub fn train_vae(request: &VaeTrainRequest) -> Result<TrainOutcome> {
-    let config = VaeConfig::load(&request.config)?;
+    let config = VaeConfig::load(&request.config).with_context(|| request.config.display().to_string())?;
     let spec = config.data.crop_spec(config.model.input_shape);
     let cache = request.crops.clone().unwrap_or_else(|| training_data::default_cache_dir(&request.data, &spec));
     let progress = ProgressLine::default();

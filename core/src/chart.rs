@@ -2,9 +2,8 @@
 //! nice ticks (1-2-5 steps, or decades on a logarithmic y axis), with a title, axis labels and
 //! a legend, on white. Made for training curves: loss per epoch (often log y), Dice per epoch.
 //!
-//! Drawn with the primitives of [`crate::picture`]; [`crate::picture::write_png`] saves one.
-//! The picture font has digits only, so the letters of titles, labels and names live here, as
-//! capitals.
+//! Drawn with the primitives of [`crate::picture`], text in its font (letters as capitals);
+//! [`crate::picture::write_png`] saves one.
 
 use std::ops::Range;
 
@@ -319,7 +318,7 @@ impl Layout {
             fill_rectangle(image, row..row + 1, cols.start - TICK_LENGTH..cols.start, FRAME);
             let width = text_size(&tick.label, SCALE).1;
             let left = cols.start - TICK_LENGTH - GAP / 2 - width;
-            draw_label(image, row.saturating_sub(label_height / 2), left, &tick.label, SCALE, INK);
+            draw_text(image, row.saturating_sub(label_height / 2), left, &tick.label, SCALE, INK);
         }
         for tick in &self.x_ticks {
             let col = self.pixel((tick.value, self.y.low)).1.round() as usize;
@@ -327,23 +326,23 @@ impl Layout {
             fill_rectangle(image, rows.end..rows.end + TICK_LENGTH, col..col + 1, FRAME);
             let width = text_size(&tick.label, SCALE).1;
             let left = (col.saturating_sub(width / 2)).min(image.width.saturating_sub(width));
-            draw_label(image, rows.end + TICK_LENGTH + GAP / 2, left, &tick.label, SCALE, INK);
+            draw_text(image, rows.end + TICK_LENGTH + GAP / 2, left, &tick.label, SCALE, INK);
         }
         draw_rectangle(image, rows.clone(), cols.clone(), FRAME);
 
         let mut top = PAD;
         if !options.title.is_empty() {
             let width = text_size(&options.title, TITLE_SCALE).1;
-            draw_label(image, top, image.width.saturating_sub(width) / 2, &options.title, TITLE_SCALE, INK);
+            draw_text(image, top, image.width.saturating_sub(width) / 2, &options.title, TITLE_SCALE, INK);
             top += text_size(&options.title, TITLE_SCALE).0 + 2 * GAP;
         }
         if !options.y_label.is_empty() {
-            draw_label(image, top, PAD, &options.y_label, SCALE, INK);
+            draw_text(image, top, PAD, &options.y_label, SCALE, INK);
         }
         if !options.x_label.is_empty() {
             let width = text_size(&options.x_label, SCALE).1;
             let left = (cols.start + cols.len() / 2).saturating_sub(width / 2);
-            draw_label(image, image.height - PAD - label_height, left, &options.x_label, SCALE, INK);
+            draw_text(image, image.height - PAD - label_height, left, &options.x_label, SCALE, INK);
         }
     }
 
@@ -380,7 +379,7 @@ impl Layout {
             let clip = (rows, cols);
             draw_line(image, clip, (middle, swatch.start), (middle, swatch.end - 1), curve.colour);
             draw_marker(image, clip, (middle, (swatch.start + swatch.end) / 2), 3, curve.colour);
-            draw_label(image, top, swatch.end as usize + GAP, curve.name, SCALE, INK);
+            draw_text(image, top, swatch.end as usize + GAP, curve.name, SCALE, INK);
         }
     }
 }
@@ -432,63 +431,6 @@ fn draw_marker(image: &mut RgbImage, clip: Clip<'_>, centre: (isize, isize), rad
             // r * (r + 1) rather than r * r: rounder discs at these few pixels.
             if dr * dr + dc * dc <= radius * (radius + 1) {
                 plot(image, clip, centre.0 + dr, centre.1 + dc, colour);
-            }
-        }
-    }
-}
-
-/// Capitals and a little punctuation, 3 x 5 like the picture font (bit 2 is the left pixel).
-const LETTERS: [(char, [u8; 5]); 33] = [
-    ('A', [0b010, 0b101, 0b111, 0b101, 0b101]),
-    ('B', [0b110, 0b101, 0b110, 0b101, 0b110]),
-    ('C', [0b011, 0b100, 0b100, 0b100, 0b011]),
-    ('D', [0b110, 0b101, 0b101, 0b101, 0b110]),
-    ('E', [0b111, 0b100, 0b110, 0b100, 0b111]),
-    ('F', [0b111, 0b100, 0b110, 0b100, 0b100]),
-    ('G', [0b011, 0b100, 0b101, 0b101, 0b011]),
-    ('H', [0b101, 0b101, 0b111, 0b101, 0b101]),
-    ('I', [0b111, 0b010, 0b010, 0b010, 0b111]),
-    ('J', [0b001, 0b001, 0b001, 0b101, 0b010]),
-    ('K', [0b101, 0b101, 0b110, 0b101, 0b101]),
-    ('L', [0b100, 0b100, 0b100, 0b100, 0b111]),
-    ('M', [0b101, 0b111, 0b111, 0b101, 0b101]),
-    ('N', [0b110, 0b101, 0b101, 0b101, 0b101]),
-    ('O', [0b010, 0b101, 0b101, 0b101, 0b010]),
-    ('P', [0b110, 0b101, 0b110, 0b100, 0b100]),
-    ('Q', [0b010, 0b101, 0b101, 0b111, 0b011]),
-    ('R', [0b110, 0b101, 0b110, 0b101, 0b101]),
-    ('S', [0b011, 0b100, 0b010, 0b001, 0b110]),
-    ('T', [0b111, 0b010, 0b010, 0b010, 0b010]),
-    ('U', [0b101, 0b101, 0b101, 0b101, 0b111]),
-    ('V', [0b101, 0b101, 0b101, 0b010, 0b010]),
-    ('W', [0b101, 0b101, 0b111, 0b111, 0b101]),
-    ('X', [0b101, 0b101, 0b010, 0b101, 0b101]),
-    ('Y', [0b101, 0b101, 0b010, 0b010, 0b010]),
-    ('Z', [0b111, 0b001, 0b010, 0b100, 0b111]),
-    ('(', [0b001, 0b010, 0b010, 0b010, 0b001]),
-    (')', [0b100, 0b010, 0b010, 0b010, 0b100]),
-    ('/', [0b001, 0b001, 0b010, 0b100, 0b100]),
-    (':', [0b000, 0b010, 0b000, 0b010, 0b000]),
-    (',', [0b000, 0b000, 0b000, 0b010, 0b100]),
-    ('_', [0b000, 0b000, 0b000, 0b000, 0b111]),
-    ('+', [0b000, 0b010, 0b111, 0b010, 0b000]),
-];
-
-/// [`draw_text`] with [`LETTERS`] as well (lower case drawn as capitals); [`text_size`]
-/// measures it.
-fn draw_label(image: &mut RgbImage, top: usize, left: usize, text: &str, scale: usize, colour: [u8; 3]) {
-    for (k, ch) in text.chars().enumerate() {
-        let glyph_left = left + 4 * k * scale;
-        let Some((_, rows)) = LETTERS.iter().find(|(g, _)| *g == ch.to_ascii_uppercase()) else {
-            draw_text(image, top, glyph_left, ch.encode_utf8(&mut [0; 4]), scale, colour);
-            continue;
-        };
-        for (gr, bits) in rows.iter().enumerate() {
-            for gc in 0..3 {
-                if bits >> (2 - gc) & 1 == 1 {
-                    let (r, c) = (top + gr * scale, glyph_left + gc * scale);
-                    fill_rectangle(image, r..r + scale, c..c + scale, colour);
-                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Pictures of volumes: a plane through a volume as an RGB image with square pixels in
 //! millimetres, the pixel-to-voxel layout that everything drawn over it shares, mask
-//! outlines, rectangles, digits, images side by side or in a grid, PNG output.
+//! outlines, rectangles, text in a 3 x 5 font, images side by side or in a grid, PNG output.
 //!
 //! One place that draws, so the trainer, the review list and the client show the same thing.
 
@@ -272,9 +272,9 @@ pub fn draw_rectangle(image: &mut RgbImage, rows: Range<usize>, cols: Range<usiz
     fill_rectangle(image, rows, right..right + 1, colour);
 }
 
-/// Glyphs 3 pixels wide and 5 high, one row a `u8` (bit 2 is the left pixel): enough for
-/// tick labels and slice numbers.
-const GLYPHS: [(char, [u8; 5]); 12] = [
+/// Glyphs 3 pixels wide and 5 high, one row a `u8` (bit 2 is the left pixel): digits,
+/// capitals and the punctuation of tick labels, slice numbers, titles and axis labels.
+const GLYPHS: &[(char, [u8; 5])] = &[
     ('0', [0b111, 0b101, 0b101, 0b101, 0b111]),
     ('1', [0b010, 0b110, 0b010, 0b010, 0b111]),
     ('2', [0b111, 0b001, 0b111, 0b100, 0b111]),
@@ -285,9 +285,56 @@ const GLYPHS: [(char, [u8; 5]); 12] = [
     ('7', [0b111, 0b001, 0b001, 0b001, 0b001]),
     ('8', [0b111, 0b101, 0b111, 0b101, 0b111]),
     ('9', [0b111, 0b101, 0b111, 0b001, 0b111]),
+    ('A', [0b010, 0b101, 0b111, 0b101, 0b101]),
+    ('B', [0b110, 0b101, 0b110, 0b101, 0b110]),
+    ('C', [0b011, 0b100, 0b100, 0b100, 0b011]),
+    ('D', [0b110, 0b101, 0b101, 0b101, 0b110]),
+    ('E', [0b111, 0b100, 0b110, 0b100, 0b111]),
+    ('F', [0b111, 0b100, 0b110, 0b100, 0b100]),
+    ('G', [0b011, 0b100, 0b101, 0b101, 0b011]),
+    ('H', [0b101, 0b101, 0b111, 0b101, 0b101]),
+    ('I', [0b111, 0b010, 0b010, 0b010, 0b111]),
+    ('J', [0b001, 0b001, 0b001, 0b101, 0b010]),
+    ('K', [0b101, 0b101, 0b110, 0b101, 0b101]),
+    ('L', [0b100, 0b100, 0b100, 0b100, 0b111]),
+    ('M', [0b101, 0b111, 0b111, 0b101, 0b101]),
+    ('N', [0b110, 0b101, 0b101, 0b101, 0b101]),
+    ('O', [0b010, 0b101, 0b101, 0b101, 0b010]),
+    ('P', [0b110, 0b101, 0b110, 0b100, 0b100]),
+    ('Q', [0b010, 0b101, 0b101, 0b111, 0b011]),
+    ('R', [0b110, 0b101, 0b110, 0b101, 0b101]),
+    ('S', [0b011, 0b100, 0b010, 0b001, 0b110]),
+    ('T', [0b111, 0b010, 0b010, 0b010, 0b010]),
+    ('U', [0b101, 0b101, 0b101, 0b101, 0b111]),
+    ('V', [0b101, 0b101, 0b101, 0b010, 0b010]),
+    ('W', [0b101, 0b101, 0b111, 0b111, 0b101]),
+    ('X', [0b101, 0b101, 0b010, 0b101, 0b101]),
+    ('Y', [0b101, 0b101, 0b010, 0b010, 0b010]),
+    ('Z', [0b111, 0b001, 0b010, 0b100, 0b111]),
     ('.', [0b000, 0b000, 0b000, 0b000, 0b010]),
     ('-', [0b000, 0b000, 0b111, 0b000, 0b000]),
+    ('(', [0b001, 0b010, 0b010, 0b010, 0b001]),
+    (')', [0b100, 0b010, 0b010, 0b010, 0b100]),
+    ('[', [0b110, 0b100, 0b100, 0b100, 0b110]),
+    (']', [0b011, 0b001, 0b001, 0b001, 0b011]),
+    ('<', [0b001, 0b010, 0b100, 0b010, 0b001]),
+    ('>', [0b100, 0b010, 0b001, 0b010, 0b100]),
+    ('/', [0b001, 0b001, 0b010, 0b100, 0b100]),
+    (':', [0b000, 0b010, 0b000, 0b010, 0b000]),
+    (',', [0b000, 0b000, 0b000, 0b010, 0b100]),
+    ('\'', [0b010, 0b010, 0b000, 0b000, 0b000]),
+    ('_', [0b000, 0b000, 0b000, 0b000, 0b111]),
+    ('+', [0b000, 0b010, 0b111, 0b010, 0b000]),
+    ('=', [0b000, 0b111, 0b000, 0b111, 0b000]),
+    ('*', [0b101, 0b010, 0b111, 0b010, 0b101]),
+    ('%', [0b101, 0b001, 0b010, 0b100, 0b101]),
 ];
+
+/// The glyph of `ch`, lower case as its capital; `None` for a character without one.
+fn glyph(ch: char) -> Option<&'static [u8; 5]> {
+    let ch = ch.to_ascii_uppercase();
+    GLYPHS.iter().find(|(g, _)| *g == ch).map(|(_, rows)| rows)
+}
 
 /// Size in pixels (height, width) of `text` drawn by [`draw_text`] at `scale`.
 pub fn text_size(text: &str, scale: usize) -> (usize, usize) {
@@ -296,11 +343,11 @@ pub fn text_size(text: &str, scale: usize) -> (usize, usize) {
 }
 
 /// Draws `text` with its top-left corner at (`top`, `left`), each font pixel a `scale` x
-/// `scale` square, clipped to the image. Digits, '.' and '-' have glyphs; any other
-/// character is drawn as a space.
+/// `scale` square, clipped to the image. Letters are drawn as capitals; a character without
+/// a glyph in [`GLYPHS`] is drawn as a space.
 pub fn draw_text(image: &mut RgbImage, top: usize, left: usize, text: &str, scale: usize, colour: [u8; 3]) {
     for (k, ch) in text.chars().enumerate() {
-        let Some((_, rows)) = GLYPHS.iter().find(|(g, _)| *g == ch) else { continue };
+        let Some(rows) = glyph(ch) else { continue };
         let glyph_left = left + 4 * k * scale;
         for (gr, bits) in rows.iter().enumerate() {
             for gc in 0..3 {
@@ -430,6 +477,21 @@ mod tests {
         let lit = image.pixels.iter().filter(|&&p| p == [255, 255, 255]).count();
         assert_eq!(lit, 8 * 4, "'1' has 8 font pixels, each 2 x 2");
         assert_eq!(text_size("0.5", 2), (10, 22));
+    }
+
+    #[test]
+    fn letters_and_punctuation_draw_ink_and_unknown_characters_draw_as_spaces() {
+        let draw = |text: &str| {
+            let mut image = RgbImage::filled(9, 7, [0, 0, 0]);
+            draw_text(&mut image, 1, 1, text, 1, [255, 255, 255]);
+            image
+        };
+        let ink = |text: &str| draw(text).pixels.iter().filter(|&&p| p == [255, 255, 255]).count();
+        assert_eq!(ink("L"), 7, "'L' has 7 font pixels");
+        assert_eq!(draw("l"), draw("L"), "lower case is drawn as its capital");
+        assert_eq!(ink("%"), 7, "'%' has 7 font pixels");
+        assert_eq!(ink("§"), 0, "'§' has no glyph");
+        assert_eq!(draw("§1"), draw(" 1"), "'§' takes a space's width");
     }
 
     #[test]

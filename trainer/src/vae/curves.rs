@@ -17,7 +17,7 @@ pub fn write_loss_curve(run_dir: &Path) -> Result<()> {
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("{}: cannot read", metrics.display()))?;
     let series = loss_series(&text).with_context(|| format!("{}: not a metrics file", metrics.display()))?;
     let options = ChartOptions {
-        title: "VAE loss = recon + beta x KL".to_string(),
+        title: "VAE loss = recon + beta * KL".to_string(),
         x_label: "epoch".to_string(),
         y_label: "loss".to_string(),
         log_y: true,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine: install what is missing, build, generate a
-# small phantom dataset, check it, cut and cache vertebra crops, draw the cases, then start
-# the inference server and ask it what it runs. Everything lands in runs/demo/.
+# small phantom dataset, check it, cut and cache vertebra crops, draw the cases, train and
+# evaluate the quick VAE, then start the inference server and ask it what it runs.
+# Everything lands in runs/demo/ (a new run replaces the previous one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,6 +25,11 @@ step "crops: every vertebra cut, resampled to 1 mm and cached as 64^3 patches"
 
 step "pictures: axial, coronal and sagittal planes through each case's fracture"
 "$bin/fracmap-train" show --data "$out/data/manifest.json" --out "$out/show"
+
+step "vae: train the quick VAE (32^3 crops at 2 mm) on the normal vertebrae, then evaluate its error map"
+rm -rf "$out/vae"
+"$bin/fracmap-train" vae --config configs/vae_quick.toml --data "$out/data/manifest.json" --fold 0 --out "$out/vae"
+"$bin/fracmap-train" eval-vae --run "$out/vae" --pictures 4
 
 step "server: start, ask what it runs, stop"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

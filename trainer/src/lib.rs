@@ -2,6 +2,7 @@
 //! their training, evaluation and export. `main.rs` only parses arguments and calls in here.
 
 pub mod crops;
+pub mod device;
 pub mod folds;
 pub mod levels;
 pub mod manifest;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use fracmap_trainer::device::DeviceChoice;
 use fracmap_trainer::manifest::{Manifest, Status};
 use fracmap_trainer::phantom_set::{self, PhantomSetSpec};
 use fracmap_trainer::synth::PhantomParams;
@@ -130,6 +131,9 @@ enum Command {
         /// Worker threads for cropping (0: every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// auto | cpu | cuda (cuda needs a build with --features cuda; auto falls back to cpu).
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Evaluate a VAE run's error map on its test fold: voxel ROC-AUC and PR-AUC against the
     /// true fracture masks, vertebra ROC-AUC normal vs fractured, error maps as NIfTI, pictures
@@ -153,6 +157,9 @@ enum Command {
         /// Fractured vertebrae to draw (and half as many normal ones).
         #[arg(long, default_value_t = 6)]
         pictures: usize,
+        /// auto | cpu | cuda.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
     ImportVerse {
@@ -269,16 +276,16 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("note: {} vertebrae were larger than the patch and were cropped centrally", index.oversize());
             }
         }
-        Command::Vae { config, data, fold, out, resume, crops, threads } => {
-            let request = vae::run::VaeTrainRequest { config, data, fold, out, resume, crops, threads };
+        Command::Vae { config, data, fold, out, resume, crops, threads, device } => {
+            let request = vae::run::VaeTrainRequest { config, data, fold, out, resume, crops, threads, device };
             let outcome = vae::run::train_vae(&request)?;
             let best =
                 outcome.best.map_or("none".to_string(), |b| format!("epoch {} (val loss {:.5})", b.epoch, b.val_loss));
             println!("{}: {} epochs, best {best}", request.out.display(), outcome.epochs_done);
         }
-        Command::EvalVae { run, out, last, sigma, percentile, pictures } => {
+        Command::EvalVae { run, out, last, sigma, percentile, pictures, device } => {
             let checkpoint = if last { vae::checkpoint::Which::Last } else { vae::checkpoint::Which::Best };
-            let request = vae::eval::VaeEvalRequest { run, out, checkpoint, sigma, percentile, pictures };
+            let request = vae::eval::VaeEvalRequest { run, out, checkpoint, sigma, percentile, pictures, device };
             let r = vae::eval::evaluate_vae(&request)?;
             let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
             println!(

@@ -17,7 +17,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::prelude::*;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::heatmap::{HeatmapOptions, heatmap_plane};
 use fracmap_core::metrics::{average_precision, roc_auc};
@@ -29,6 +28,7 @@ use ndarray::Array3;
 use super::checkpoint::{self, Which};
 use super::error_map::{error_of, reconstruct};
 use crate::crops::CropEntry;
+use crate::device::{DeviceChoice, select_device};
 use crate::manifest::Status;
 use crate::progress::ProgressLine;
 use crate::run_record::RunRecord;
@@ -47,6 +47,7 @@ pub struct VaeEvalRequest {
     pub percentile: f64,
     /// How many fractured vertebrae to draw (and half as many normal ones).
     pub pictures: usize,
+    pub device: DeviceChoice,
 }
 
 /// The numbers of an evaluation.
@@ -78,7 +79,8 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
         bail!("--percentile {}: must be within 0..=100", request.percentile);
     }
     let record = RunRecord::load(&request.run)?;
-    let (model, config) = checkpoint::load_run_model(&request.run, request.checkpoint, &Device::flex())?
+    let (device, _) = select_device(request.device)?;
+    let (model, config) = checkpoint::load_run_model(&request.run, request.checkpoint, &device)?
         .with_context(|| format!("{}: no checkpoint yet", request.run.display()))?;
     let spec = config.data.crop_spec(config.model.input_shape);
     let progress = ProgressLine::default();

@@ -16,6 +16,7 @@ use super::checkpoint::{self, Which};
 use super::config::VaeConfig;
 use super::curves::write_loss_curve;
 use super::train::{TrainEvent, TrainOutcome, TrainRun};
+use crate::device::{DeviceChoice, select_device};
 use crate::progress::ProgressLine;
 use crate::run_record::RunRecord;
 use crate::training_data::{self, CachedCrops, FoldSplit, Role, is_clean_normal, select};
@@ -34,6 +35,7 @@ pub struct VaeTrainRequest {
     pub crops: Option<PathBuf>,
     /// Threads for cropping (0: every core).
     pub threads: usize,
+    pub device: DeviceChoice,
 }
 
 /// Trains the VAE of a request, reporting progress on stderr.
@@ -56,10 +58,11 @@ pub fn train_vae(request: &VaeTrainRequest) -> Result<TrainOutcome> {
             bail!("{}: no normal vertebrae in {folds} for the {name} set", request.data.display());
         }
     }
+    let (device, device_name) = select_device(request.device)?;
     let record = RunRecord::new("vae", &request.data, &cache, split, (train.len(), val.len()))?;
     prepare_run_dir(&request.out, &record, &config, request.resume)?;
     eprintln!(
-        "vae: {} training and {} validation crops (test fold {}, validation fold {}), {} parameters",
+        "vae: {} training and {} validation crops (test fold {}, validation fold {}), {} parameters, on {device_name}",
         train.len(),
         val.len(),
         split.test,
@@ -69,14 +72,8 @@ pub fn train_vae(request: &VaeTrainRequest) -> Result<TrainOutcome> {
 
     let (train, val) =
         (CachedCrops::new(&cache, train, config.data.window), CachedCrops::new(&cache, val, config.data.window));
-    let run = TrainRun {
-        config: &config,
-        train: &train,
-        val: &val,
-        run_dir: &request.out,
-        device: Device::flex(),
-        resume: request.resume,
-    };
+    let run =
+        TrainRun { config: &config, train: &train, val: &val, run_dir: &request.out, device, resume: request.resume };
     let mut curve_error = None;
     let outcome = run.run(|event| match event {
         TrainEvent::Batch { epoch, epochs, batch, batches, loss, crops_per_second } => progress.update(

@@ -161,6 +161,25 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Export a run's model to ONNX with its manifest, as a new version in a model repository:
+    /// <out>/<name>/<version>/model.onnx and manifest.json (what the server loads).
+    Export {
+        /// The run folder (of `fracmap-train vae`).
+        #[arg(long)]
+        run: PathBuf,
+        /// The model repository folder (created), e.g. models/.
+        #[arg(long)]
+        out: PathBuf,
+        /// The model's name in the repository [default: the run's model, e.g. vae].
+        #[arg(long)]
+        name: Option<String>,
+        /// The version to write; it must not exist [default: one above the highest there].
+        #[arg(long)]
+        version: Option<u64>,
+        /// Export the last checkpoint instead of the best.
+        #[arg(long)]
+        last: bool,
+    },
     /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
     ImportVerse {
         /// The VerSe root folder.
@@ -289,16 +308,32 @@ fn run(cli: Cli) -> Result<()> {
             let r = vae::eval::evaluate_vae(&request)?;
             let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
             println!(
-                "test fold {}: voxel ROC-AUC {}, PR-AUC {} (prevalence {}), vertebra ROC-AUC {} ({} normal, {} fractured)",
+                "test fold {}: voxel ROC-AUC {}, PR-AUC {} (prevalence {}; the CT itself: {}, {}), vertebra ROC-AUC {} ({} normal, {} fractured)",
                 r.test_fold,
                 show(r.voxel_roc_auc),
                 show(r.voxel_pr_auc),
                 show(r.prevalence),
+                show(r.brightness_roc_auc),
+                show(r.brightness_pr_auc),
                 show(r.vertebra_roc_auc),
                 r.normal,
                 r.fractured
             );
             println!("{}", r.out.join("report.md").display());
+        }
+        Command::Export { run, out, name, version, last } => {
+            let checkpoint = if last { vae::checkpoint::Which::Last } else { vae::checkpoint::Which::Best };
+            let request = fracmap_trainer::export::ExportRequest { run, out, name, version, checkpoint };
+            let exported = fracmap_trainer::export::export_run(&request)?;
+            let m = &exported.manifest;
+            println!(
+                "{}: {} version {}, {} bytes, sha256 {}",
+                exported.dir.display(),
+                m.name,
+                m.version,
+                m.onnx.bytes,
+                m.onnx.sha256
+            );
         }
         Command::Folds { data, folds: k, seed } => {
             let mut m = Manifest::load(&data, false)?;

@@ -63,6 +63,10 @@ pub struct VaeEvalReport {
     pub voxel_roc_auc: Option<f64>,
     pub voxel_pr_auc: Option<f64>,
     pub vertebra_roc_auc: Option<f64>,
+    /// The same voxel measures with the windowed CT itself as the map: a baseline that any
+    /// error map should beat (fractures in bone, and sclerotic ones, are bright).
+    pub brightness_roc_auc: Option<f64>,
+    pub brightness_pr_auc: Option<f64>,
     pub out: PathBuf,
 }
 
@@ -99,7 +103,7 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
     }
 
     let crops = CachedCrops::new(&record.crops, test, config.data.window);
-    let (mut voxel_scores, mut voxel_truth) = (Vec::new(), Vec::new());
+    let (mut voxel_scores, mut voxel_truth, mut voxel_brightness) = (Vec::new(), Vec::new(), Vec::new());
     let mut scored = Vec::new();
     let mut drawn = (0, 0);
     for (i, entry) in crops.entries().iter().enumerate() {
@@ -117,6 +121,7 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
             let truth = truth.as_ref().expect("counted above");
             voxel_scores.extend(error.iter().copied());
             voxel_truth.extend(truth.iter().copied());
+            voxel_brightness.extend(ct.as_slice().iter().copied());
         }
         let fractured = entry.status == Status::Fractured;
         let (n_fractured, n_normal) = &mut drawn;
@@ -145,6 +150,10 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
         voxel_roc_auc: both_classes(&voxel_truth).then(|| roc_auc(&voxel_scores, &voxel_truth)).transpose()?,
         voxel_pr_auc: both_classes(&voxel_truth).then(|| average_precision(&voxel_scores, &voxel_truth)).transpose()?,
         vertebra_roc_auc: both_classes(&fractured).then(|| roc_auc(&scores, &fractured)).transpose()?,
+        brightness_roc_auc: both_classes(&voxel_truth).then(|| roc_auc(&voxel_brightness, &voxel_truth)).transpose()?,
+        brightness_pr_auc: both_classes(&voxel_truth)
+            .then(|| average_precision(&voxel_brightness, &voxel_truth))
+            .transpose()?,
         out: out.clone(),
     };
     write_vertebra_table(&out.join("vertebrae.csv"), &scored)?;

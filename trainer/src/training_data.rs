@@ -16,7 +16,7 @@ use fracmap_core::Volume;
 use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 
-use crate::crops::{self, CropEntry, CropIndex, CropSpec};
+use crate::crops::{CropEntry, CropIndex, CropSpec};
 use crate::manifest::Status;
 use crate::vae::data::{CropError, CropSet};
 
@@ -159,17 +159,6 @@ impl CropSet for CachedCrops {
     fn crop(&self, index: usize) -> Result<Array3<f32>, CropError> {
         self.volume(index).map(|v| v.data().to_owned()).map_err(|e| CropError { index, source: e.into() })
     }
-}
-
-/// Builds (or reuses) the cache of `spec` for the manifest at `manifest` in `cache_dir`.
-pub fn prepare_crops(
-    manifest: &Path,
-    spec: &CropSpec,
-    cache_dir: &Path,
-    threads: usize,
-    progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<CropIndex> {
-    Ok(crops::build_crop_cache(manifest, cache_dir, spec, threads, progress)?.index)
 }
 
 #[cfg(test)]

@@ -27,12 +27,13 @@ use ndarray::Array3;
 
 use super::checkpoint::{self, Which};
 use super::error_map::{error_of, reconstruct};
+use crate::crops;
 use crate::crops::CropEntry;
 use crate::device::{DeviceChoice, select_device};
 use crate::manifest::Status;
 use crate::progress::ProgressLine;
 use crate::run_record::RunRecord;
-use crate::training_data::{self, CachedCrops, Role, select};
+use crate::training_data::{CachedCrops, Role, select};
 
 /// What `fracmap-train eval-vae` was asked.
 #[derive(Debug, Clone)]
@@ -88,9 +89,10 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
         .with_context(|| format!("{}: no checkpoint yet", request.run.display()))?;
     let spec = config.data.crop_spec(config.model.input_shape);
     let progress = ProgressLine::default();
-    let index = training_data::prepare_crops(&record.data, &spec, &record.crops, 0, &|done, total| {
+    let index = crops::build_crop_cache(&record.data, &record.crops, &spec, 0, &|done, total| {
         progress.update("crops: case", done, total, "");
-    })?;
+    })?
+    .index;
     let test: Vec<CropEntry> = select(&index, &record.split, Role::Test, |_| true).into_iter().cloned().collect();
     if test.is_empty() {
         bail!("{}: no labeled vertebrae in test fold {}", record.data.display(), record.split.test);

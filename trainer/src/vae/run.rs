@@ -16,6 +16,7 @@ use super::checkpoint::{self, Which};
 use super::config::VaeConfig;
 use super::curves::write_loss_curve;
 use super::train::{TrainEvent, TrainOutcome, TrainRun};
+use crate::crops;
 use crate::device::{DeviceChoice, select_device};
 use crate::progress::ProgressLine;
 use crate::run_record::RunRecord;
@@ -44,9 +45,10 @@ pub fn train_vae(request: &VaeTrainRequest) -> Result<TrainOutcome> {
     let spec = config.data.crop_spec(config.model.input_shape);
     let cache = request.crops.clone().unwrap_or_else(|| training_data::default_cache_dir(&request.data, &spec));
     let progress = ProgressLine::default();
-    let index = training_data::prepare_crops(&request.data, &spec, &cache, request.threads, &|done, total| {
+    let index = crops::build_crop_cache(&request.data, &cache, &spec, request.threads, &|done, total| {
         progress.update("crops: case", done, total, "");
-    })?;
+    })?
+    .index;
     progress.finish(&format!("crops: {} vertebrae in {}", index.crops.len(), cache.display()));
 
     let split = FoldSplit::new(&index, request.fold)?;

@@ -15,6 +15,7 @@ pub mod geometry;
 pub mod heatmap;
 pub mod mesh;
 pub mod metrics;
+pub mod model_manifest;
 pub mod nifti_io;
 pub mod picture;
 pub mod preprocess;

@@ -2,11 +2,13 @@
 //! on CPU or, with the `cuda` feature, on an NVIDIA GPU.
 //!
 //! - [`runtime`]: loading ONNX Runtime, choosing the execution provider, creating sessions.
+//! - [`repository`]: the model repository, `models/<name>/<version>/`, checked against its manifests.
 //! - [`service`]: the `fracmap.v1.Fracmap` gRPC service.
 //! - [`server`]: configuration and [`server::serve`], which runs the service beside the
 //!   standard health and reflection services until told to stop.
 //! - [`proto`]: the code generated from `proto/fracmap/v1/fracmap.proto`.
 
+pub mod repository;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -3,9 +3,11 @@
 
 pub mod crops;
 pub mod device;
+pub mod export;
 pub mod folds;
 pub mod levels;
 pub mod manifest;
+pub mod onnx;
 pub mod parallel;
 pub mod phantom_set;
 pub mod progress;

@@ -90,7 +90,7 @@ impl RunRecord {
 }
 
 /// `git describe --always --dirty` of the source tree this binary was built from.
-fn git_revision() -> Option<String> {
+pub fn git_revision() -> Option<String> {
     let output = Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=12"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -14,7 +14,7 @@
 //!
 //! The manifest's numbers come from the run folder: `run.json` (data, folds, revision), the
 //! checkpoint's `state.json` (configuration, best epoch), `metrics.csv` (the exported epoch's
-//! row) and, when it evaluated this checkpoint, `eval/report.md` of `eval-vae`.
+//! row) and, when it evaluated this checkpoint, `eval/metrics.json` of `eval-vae`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +33,11 @@ use crate::onnx::vae::{BATCH_AXIS, ERROR, INPUT, RECONSTRUCTION, vae_onnx, vae_s
 use crate::run_record::{RunRecord, git_revision};
 use crate::vae::checkpoint::{self, Which};
 use crate::vae::config::NormKind;
+use crate::vae::eval::VaeEvalReport;
 use crate::vae::train::METRICS_FILE;
 
-/// The evaluation report of `eval-vae`, relative to the run folder.
-pub const EVAL_REPORT: &str = "eval/report.md";
+/// The numbers of `eval-vae`, relative to the run folder.
+pub const EVAL_METRICS: &str = "eval/metrics.json";
 
 /// What `fracmap-train export` was asked.
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
         best_val_loss: model.best.map(|(_, loss)| loss),
         metrics: epoch_metrics(&run.join(METRICS_FILE), model.epoch)?,
     };
-    let evaluation = evaluation(run, &model.checkpoint_dir, request.checkpoint)?;
+    let evaluation = evaluation(run, request.checkpoint, model.epoch)?;
     let mut manifest = ModelManifest {
         format: MANIFEST_FORMAT,
         name,
@@ -277,39 +278,40 @@ fn epoch_metrics(path: &Path, epoch: usize) -> Result<BTreeMap<String, f64>> {
         .unwrap_or_default())
 }
 
-/// The numbers of `<run>/eval/report.md` when it evaluated the `which` checkpoint and was
-/// written after that checkpoint (an older report scored other weights); `None` otherwise.
-fn evaluation(run: &Path, checkpoint_dir: &Path, which: Which) -> Result<Option<Evaluation>> {
-    let path = run.join(EVAL_REPORT);
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let (Some(report_time), Some(checkpoint_time)) =
-        (modified(&path), modified(&checkpoint_dir.join(checkpoint::STATE_FILE)))
-    else {
-        return Ok(None);
+/// The numbers of `eval-vae` (`<run>/eval/metrics.json`) when they scored the exported
+/// checkpoint (same kind and epoch); `None` otherwise.
+fn evaluation(run: &Path, which: Which, epoch: usize) -> Result<Option<Evaluation>> {
+    let path = run.join(EVAL_METRICS);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let evaluation = parse_eval_report(&text);
-    let same_checkpoint = evaluation.notes.iter().any(|n| n.contains(&format!("checkpoint: {which:?}")));
-    Ok((same_checkpoint && report_time >= checkpoint_time).then_some(evaluation))
-}
-
-/// The statements (`- ...` lines) and the measure table (`| measure | value |`) of an
-/// `eval-vae` report.
-fn parse_eval_report(text: &str) -> Evaluation {
-    let notes = text.lines().filter_map(|l| l.strip_prefix("- ")).map(str::to_string).collect();
-    let measures = text
-        .lines()
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.strip_prefix('|')?.strip_suffix('|')?.split('|').map(str::trim).collect();
-            match cells.as_slice() {
-                [measure, value] if *measure != "measure" && !measure.starts_with("---") => {
-                    Some((measure.to_string(), value.parse::<f64>().ok()))
-                }
-                _ => None,
-            }
-        })
-        .collect();
-    Evaluation { report: EVAL_REPORT.to_string(), notes, measures }
+    let r: VaeEvalReport =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not an eval-vae metrics file", path.display()))?;
+    let which = format!("{which:?}").to_lowercase();
+    if r.checkpoint != which || r.epoch != epoch {
+        return Ok(None);
+    }
+    let smoothing = r.sigma.map_or("none".to_string(), |s| format!("Gaussian, sigma {s} voxels"));
+    let notes = vec![
+        format!("test fold {} (never trained on); checkpoint: {} (epoch {})", r.test_fold, r.checkpoint, r.epoch),
+        format!("error map E = |X - X_hat| with z = mu; smoothing: {smoothing}"),
+        format!("vertebrae: {} normal, {} fractured ({} with a true mask)", r.normal, r.fractured, r.with_truth),
+        format!("vertebra score: the {}th percentile of E", r.percentile),
+    ];
+    let measures = [
+        ("voxel_roc_auc", r.voxel_roc_auc),
+        ("voxel_pr_auc", r.voxel_pr_auc),
+        ("fracture_voxel_prevalence", r.prevalence),
+        ("vertebra_roc_auc", r.vertebra_roc_auc),
+        ("baseline_ct_voxel_roc_auc", r.brightness_roc_auc),
+        ("baseline_ct_voxel_pr_auc", r.brightness_pr_auc),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect();
+    Ok(Some(Evaluation { report: EVAL_METRICS.to_string(), notes, measures }))
 }
 
 #[cfg(test)]
@@ -413,20 +415,32 @@ mod tests {
     }
 
     #[test]
-    fn the_eval_report_is_recorded_when_it_scored_this_checkpoint() {
+    fn the_evaluation_is_recorded_when_it_scored_this_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let run = fake_run(dir.path());
         std::fs::create_dir_all(run.join("eval")).unwrap();
-        let report = "# VAE evaluation: run\n\n- test fold 0 (never trained on); checkpoint: Best\n\
-                      - error map E = |X - X_hat| with z = mu; smoothing: none\n\n\
-                      | measure | value |\n|---|---|\n| voxel ROC-AUC (E vs true mask) | 0.8591 |\n\
-                      | vertebra ROC-AUC | n/a (one class missing) |\n\nPer vertebra: `vertebrae.csv`.\n";
-        std::fs::write(run.join(EVAL_REPORT), report).unwrap();
+        let report = VaeEvalReport {
+            checkpoint: "best".to_string(),
+            epoch: 2,
+            sigma: None,
+            percentile: 99.0,
+            test_fold: 0,
+            normal: 9,
+            fractured: 2,
+            with_truth: 2,
+            prevalence: Some(0.01),
+            voxel_roc_auc: Some(0.8591),
+            voxel_pr_auc: Some(0.05),
+            vertebra_roc_auc: None,
+            brightness_roc_auc: Some(0.9),
+            brightness_pr_auc: Some(0.1),
+            out: PathBuf::new(),
+        };
+        std::fs::write(run.join(EVAL_METRICS), serde_json::to_vec(&report).unwrap()).unwrap();
         let out = dir.path().join("models");
         let evaluation = export_run(&request(&run, &out)).unwrap().manifest.evaluation.expect("recorded");
-        assert_eq!(evaluation.measures["voxel ROC-AUC (E vs true mask)"], Some(0.8591));
-        assert_eq!(evaluation.measures["vertebra ROC-AUC"], None);
-        assert_eq!(evaluation.measures.len(), 2);
+        assert_eq!(evaluation.measures["voxel_roc_auc"], Some(0.8591));
+        assert_eq!(evaluation.measures["vertebra_roc_auc"], None);
         assert!(evaluation.notes[1].contains("smoothing: none"));
         // It scored the best checkpoint, not the last.
         let last = ExportRequest { checkpoint: Which::Last, ..request(&run, &out) };

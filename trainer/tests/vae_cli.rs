@@ -1,6 +1,6 @@
-//! `fracmap-train vae` and `eval-vae` end to end on a tiny phantom: the run folder's files,
-//! an interrupted run resumed by a second call, a refused overwrite, and the evaluation's
-//! report.
+//! `fracmap-train vae`, `eval-vae` and `export` end to end on a tiny phantom: the run
+//! folder's files, an interrupted run resumed by a second call, a refused overwrite, the
+//! evaluation's report, and the exported model's manifest.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -79,6 +79,14 @@ fn train_resume_and_evaluate_a_tiny_vae() {
     let ct = fracmap_core::nifti_io::read_volume(&crops.join(first).join("ct.nii")).unwrap();
     assert_eq!(map.grid(), ct.grid());
     assert!(map.as_slice().iter().all(|e| e.is_finite() && *e >= 0.0));
+
+    // Exported, the model's manifest carries the evaluation of the checkpoint it holds.
+    let models = dir.path().join("models");
+    ok(train_cli(&["export", "--run", run_arg, "--out", models.to_str().unwrap()]));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models.join("vae/1/manifest.json")).unwrap()).unwrap();
+    assert!(manifest["evaluation"]["measures"]["voxel_roc_auc"].is_number(), "{manifest}");
+    assert!(models.join("vae/1/model.onnx").is_file());
 }
 
 #[test]

@@ -24,6 +24,7 @@ use fracmap_core::nifti_io::{NiftiDtype, write_volume};
 use fracmap_core::picture::{DisplayWindow, Plane, RgbImage, draw_text, tiled, write_png};
 use fracmap_core::{Mask, Volume};
 use ndarray::Array3;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Which};
 use super::error_map::{error_of, reconstruct};
@@ -51,9 +52,19 @@ pub struct VaeEvalRequest {
     pub device: DeviceChoice,
 }
 
-/// The numbers of an evaluation.
-#[derive(Debug, Clone, PartialEq)]
+/// The file of [`VaeEvalReport`] in the report folder: what `export` reads.
+pub const EVAL_METRICS_FILE: &str = "metrics.json";
+
+/// The numbers of an evaluation; also `metrics.json` of the report folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VaeEvalReport {
+    /// The checkpoint evaluated, "best" or "last", and its epoch.
+    pub checkpoint: String,
+    pub epoch: usize,
+    /// Gaussian smoothing of E in voxels, if any, and the percentile scoring a vertebra.
+    pub sigma: Option<f32>,
+    pub percentile: f64,
     pub test_fold: usize,
     pub normal: usize,
     pub fractured: usize,
@@ -68,6 +79,7 @@ pub struct VaeEvalReport {
     /// error map should beat (fractures in bone, and sclerotic ones, are bright).
     pub brightness_roc_auc: Option<f64>,
     pub brightness_pr_auc: Option<f64>,
+    #[serde(skip)]
     pub out: PathBuf,
 }
 
@@ -85,8 +97,11 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
     }
     let record = RunRecord::load(&request.run)?;
     let (device, _) = select_device(request.device)?;
-    let (model, config) = checkpoint::load_run_model(&request.run, request.checkpoint, &device)?
+    let checkpoint_dir = checkpoint::locate(&request.run, request.checkpoint)?
         .with_context(|| format!("{}: no checkpoint yet", request.run.display()))?;
+    let state = checkpoint::load_state(&checkpoint_dir)?;
+    let model = checkpoint::load_model(&checkpoint_dir, &state, &device)?;
+    let config = state.config;
     let spec = config.data.crop_spec(config.model.input_shape);
     let progress = ProgressLine::default();
     let index = crops::build_crop_cache(&record.data, &record.crops, &spec, 0, &|done, total| {
@@ -143,6 +158,10 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
     let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
     let both_classes = |truth: &[bool]| truth.contains(&true) && truth.contains(&false);
     let report = VaeEvalReport {
+        checkpoint: format!("{:?}", request.checkpoint).to_lowercase(),
+        epoch: state.epochs_done,
+        sigma: request.sigma,
+        percentile: request.percentile,
         test_fold: record.split.test,
         normal: fractured.iter().filter(|f| !**f).count(),
         fractured: fractured.iter().filter(|f| **f).count(),
@@ -160,6 +179,9 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
     };
     write_vertebra_table(&out.join("vertebrae.csv"), &scored)?;
     write_report(&out.join("report.md"), request, &record, &report)?;
+    let metrics_path = out.join(EVAL_METRICS_FILE);
+    let json = serde_json::to_vec_pretty(&report).expect("a report serialises");
+    write_atomic(&metrics_path, &json).with_context(|| format!("{}: cannot write", metrics_path.display()))?;
     Ok(report)
 }
 
@@ -257,7 +279,7 @@ fn write_report(path: &Path, request: &VaeEvalRequest, record: &RunRecord, r: &V
     let mut md = String::new();
     writeln!(md, "# VAE evaluation: {}\n", request.run.display()).expect("a string");
     writeln!(md, "- data: {}", record.data.display()).expect("a string");
-    writeln!(md, "- test fold {} (never trained on); checkpoint: {:?}", r.test_fold, request.checkpoint)
+    writeln!(md, "- test fold {} (never trained on); checkpoint: {} (epoch {})", r.test_fold, r.checkpoint, r.epoch)
         .expect("a string");
     writeln!(md, "- error map E = |X - X_hat| with z = mu; smoothing: {smoothing}").expect("a string");
     writeln!(md, "- vertebrae: {} normal, {} fractured ({} with a true mask)\n", r.normal, r.fractured, r.with_truth)

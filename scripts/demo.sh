@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine: install what is missing, build, generate a
 # small phantom dataset, check it, cut and cache vertebra crops, draw the cases, train and
-# evaluate the quick VAE, then start the inference server and ask it what it runs.
+# evaluate the quick VAE, export it to a model repository, then start the inference server
+# on that repository and ask it what it runs.
 # Everything lands in runs/demo/ (a new run replaces the previous one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,8 +17,8 @@ step "build"
 cargo build --workspace --locked
 bin=target/debug
 
-step "phantom: 6 spine CT cases (2 normal-only, 1 unlabeled) with true fracture masks"
-"$bin/fracmap-train" synth --out "$out/data" --cases 6 --normal-only 2 --unlabeled 1 --seed 7
+step "phantom: 6 spine CT cases (2 normal-only, 1 unlabeled, 3 folds) with true fracture masks"
+"$bin/fracmap-train" synth --out "$out/data" --cases 6 --normal-only 2 --unlabeled 1 --seed 7 --folds 3
 "$bin/fracmap-train" check --data "$out/data/manifest.json"
 
 step "crops: every vertebra cut, resampled to 1 mm and cached as 64^3 patches"
@@ -31,9 +32,13 @@ rm -rf "$out/vae"
 "$bin/fracmap-train" vae --config configs/vae_quick.toml --data "$out/data/manifest.json" --fold 0 --out "$out/vae"
 "$bin/fracmap-train" eval-vae --run "$out/vae" --pictures 4
 
-step "server: start, ask what it runs, stop"
+step "export: the VAE as ONNX with its manifest, into the model repository $out/models"
+rm -rf "$out/models"
+"$bin/fracmap-train" export --run "$out/vae" --out "$out/models"
+
+step "server: start on the model repository, ask what it runs, stop"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin/fracmap-server" --listen "127.0.0.1:$port" --device auto > "$out/server.log" 2>&1 &
+"$bin/fracmap-server" --listen "127.0.0.1:$port" --device auto --models "$out/models" > "$out/server.log" 2>&1 &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

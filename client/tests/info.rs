@@ -21,6 +21,7 @@ async fn info_prints_the_provider_and_health_of_a_running_server() {
         ort_library: default_library_path(),
         device: Device::Cpu,
         intra_threads: NonZeroUsize::new(1).unwrap(),
+        models: None,
         shutdown_grace: Duration::from_millis(200),
     };
     let server = tokio::spawn(serve(config, listener, async {

@@ -34,6 +34,12 @@ struct Args {
     /// which `bash scripts/setup.sh` creates].
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// The model repository: DIR/<name>/<version>/ with model.onnx and manifest.json, as
+    /// `fracmap-train export` writes it. The highest valid version of each name is loaded at
+    /// start-up; one that does not load or does not match its manifest stops the server
+    /// [default: none, no models].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Seconds that requests in flight may run on after ctrl-c or SIGTERM before the server
     /// stops without them.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SHUTDOWN_GRACE.as_secs())]
@@ -51,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         ort_library: args.ort_lib.unwrap_or_else(default_library_path),
         device: args.device,
         intra_threads: args.threads,
+        models: args.models,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

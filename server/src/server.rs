@@ -1,5 +1,5 @@
-//! Running the server: configuration, start-up (ONNX Runtime, execution provider, health
-//! and reflection) and graceful shutdown.
+//! Running the server: configuration, start-up (ONNX Runtime, execution provider, the model
+//! repository, health and reflection) and graceful shutdown.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -13,8 +13,10 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::models::{ModelError, load_models};
 use crate::proto::{self, fracmap_server::FracmapServer};
-use crate::runtime::{Device, OnnxRuntime, RuntimeError};
+use crate::repository::{ModelRepository, RepositoryError};
+use crate::runtime::{Device, ExecutionProvider, OnnxRuntime, RuntimeError, SessionSettings};
 use crate::service::FracmapService;
 
 /// What a server needs besides its socket.
@@ -26,6 +28,9 @@ pub struct ServerConfig {
     pub device: Device,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: NonZeroUsize,
+    /// The model repository, `<models>/<name>/<version>/` (see [`crate::repository`]);
+    /// `None` serves no models.
+    pub models: Option<PathBuf>,
     /// How long requests in flight may run on once shutdown begins. Bounded because a
     /// client's open stream (a health Watch, say) would otherwise hold the server forever.
     pub shutdown_grace: Duration,
@@ -38,6 +43,7 @@ impl ServerConfig {
             ort_library,
             device: Device::Auto,
             intra_threads: default_intra_threads(),
+            models: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -56,6 +62,10 @@ pub fn default_intra_threads() -> NonZeroUsize {
 pub enum ServerError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listening socket's address")]
@@ -73,9 +83,10 @@ const HEALTH_SERVICES: [&str; 2] = [<FracmapServer<FracmapService> as tonic::ser
 /// then stops accepting, lets requests in flight finish for up to
 /// [`ServerConfig::shutdown_grace`] and returns.
 ///
-/// Loads ONNX Runtime and resolves the execution provider first: an error there returns
-/// before anything is served. Health reports SERVING once ready and NOT_SERVING from the
-/// moment `shutdown` completes.
+/// Loads ONNX Runtime, resolves the execution provider and loads the models of
+/// [`ServerConfig::models`] first: an error there (a model that does not load or does not
+/// match its manifest) returns before anything is served. Health reports SERVING once
+/// ready and NOT_SERVING from the moment `shutdown` completes.
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -83,7 +94,19 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let runtime = OnnxRuntime::init(&config.ort_library)?;
     let provider = runtime.resolve_provider(config.device)?;
-    let fracmap = FracmapServer::new(FracmapService::new(runtime, provider, config.intra_threads));
+    // CPU stays CPU (no second try at CUDA per model); on CUDA, `Auto` keeps its fallback
+    // for a GPU that fails only when a model is placed on it.
+    let device = match provider {
+        ExecutionProvider::Cpu => Device::Cpu,
+        ExecutionProvider::Cuda => config.device,
+    };
+    let settings = SessionSettings { device, intra_threads: config.intra_threads };
+    let models = match &config.models {
+        Some(root) => load_models(runtime, &ModelRepository::scan(root)?, &settings)?,
+        None => Vec::new(),
+    };
+    let model_count = models.len();
+    let fracmap = FracmapServer::new(FracmapService::new(runtime, provider, config.intra_threads, models));
 
     // Each reflection version would describe only itself; both describe everything served.
     let reflection = || {
@@ -104,6 +127,7 @@ pub async fn serve(
         address = %listener.local_addr()?,
         provider = %provider,
         intra_threads = %config.intra_threads,
+        models = model_count,
         onnx_runtime = runtime.version(),
         "serving fracmap.v1.Fracmap"
     );

@@ -5,7 +5,6 @@ mod common;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fracmap_server::runtime::default_library_path;
 use fracmap_server::{Device, ExecutionProvider, OnnxRuntime, RuntimeError, SessionSettings};
@@ -27,22 +26,10 @@ fn runtime() -> &'static OnnxRuntime {
     OnnxRuntime::init(&default_library_path()).unwrap_or_else(|error| panic!("{error}"))
 }
 
-/// Writes the tiny model into `dir` with the venv's Python and `onnx`.
+/// Writes the tiny model into `dir`.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let python = common::venv_python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/make_tiny_onnx.py");
     let model = dir.join("tiny_conv_sigmoid.onnx");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(&model)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run bash scripts/setup.sh", python.display()));
-    assert!(
-        output.status.success(),
-        "{} failed; run bash scripts/setup.sh\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::write_tiny_model(&model);
     model
 }
 

@@ -48,7 +48,7 @@ fn cuda_device() -> Option<Device> {
     use burn::prelude::Tensor;
     // The backend panics, rather than erring, when there is no driver or device.
     std::panic::catch_unwind(|| {
-        let device = Device::cuda(0);
+        let device = Device::cuda(0usize);
         let sum: f32 = Tensor::<1>::ones([4], &device).sum().into_scalar();
         (sum == 4.0).then_some(device)
     })

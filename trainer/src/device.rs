@@ -1,6 +1,7 @@
 //! Where training and inference run: Burn's flex backend on the CPU (always built), or a
 //! CUDA GPU when the trainer is built with `--features cuda` (Burn's CUDA backend takes 30+
-//! minutes to build on two cores, so it stays out of the default build and of CI).
+//! minutes to build on two cores, and downloads an LLVM bundle while it builds, so it stays
+//! out of the default build and of CI).
 
 use anyhow::{Result, bail};
 use burn::prelude::Device;

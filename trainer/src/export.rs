@@ -93,14 +93,10 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
         "vae" => export_vae(run, request.checkpoint)?,
         other => bail!("{}: a {other} run; only vae runs can be exported so far", run.display()),
     };
-    let selected = match request.checkpoint {
-        Which::Best => "best",
-        Which::Last => "last",
-    };
     let checkpoint = model.checkpoint_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let validation = Validation {
         checkpoint,
-        selected: selected.to_string(),
+        selected: request.checkpoint.name().to_string(),
         epoch: model.epoch,
         best_epoch: model.best.map(|(epoch, _)| epoch),
         best_val_loss: model.best.map(|(_, loss)| loss),
@@ -289,8 +285,7 @@ fn evaluation(run: &Path, which: Which, epoch: usize) -> Result<Option<Evaluatio
     };
     let r: VaeEvalReport =
         serde_json::from_slice(&bytes).with_context(|| format!("{}: not an eval-vae metrics file", path.display()))?;
-    let which = format!("{which:?}").to_lowercase();
-    if r.checkpoint != which || r.epoch != epoch {
+    if r.checkpoint != which.name() || r.epoch != epoch {
         return Ok(None);
     }
     let smoothing = r.sigma.map_or("none".to_string(), |s| format!("Gaussian, sigma {s} voxels"));

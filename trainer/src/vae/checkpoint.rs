@@ -44,11 +44,16 @@ pub enum Which {
 }
 
 impl Which {
-    fn pointer_file(self) -> &'static str {
+    /// "last" or "best": how reports and manifests name it.
+    pub fn name(self) -> &'static str {
         match self {
-            Which::Last => "last.json",
-            Which::Best => "best.json",
+            Which::Last => "last",
+            Which::Best => "best",
         }
+    }
+
+    fn pointer_file(self) -> String {
+        format!("{}.json", self.name())
     }
 }
 

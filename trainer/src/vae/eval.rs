@@ -158,7 +158,7 @@ pub fn evaluate_vae(request: &VaeEvalRequest) -> Result<VaeEvalReport> {
     let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
     let both_classes = |truth: &[bool]| truth.contains(&true) && truth.contains(&false);
     let report = VaeEvalReport {
-        checkpoint: format!("{:?}", request.checkpoint).to_lowercase(),
+        checkpoint: request.checkpoint.name().to_string(),
         epoch: state.epochs_done,
         sigma: request.sigma,
         percentile: request.percentile,

@@ -74,6 +74,19 @@ pub struct OnnxFile {
     pub ir_version: u32,
 }
 
+impl OnnxFile {
+    /// The description of `model`, the bytes of [`MODEL_FILE`], of that opset and IR version.
+    pub fn of(model: &[u8], opset: u32, ir_version: u32) -> Self {
+        OnnxFile {
+            file: MODEL_FILE.to_string(),
+            sha256: sha256_hex(model),
+            bytes: model.len() as u64,
+            opset,
+            ir_version,
+        }
+    }
+}
+
 /// One input or output of the graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -325,13 +338,7 @@ mod tests {
             version: 2,
             architecture: "vae".to_string(),
             config: serde_json::json!({"latent_dim": 8}),
-            onnx: OnnxFile {
-                file: MODEL_FILE.to_string(),
-                sha256: sha256_hex(model_bytes),
-                bytes: model_bytes.len() as u64,
-                opset: 17,
-                ir_version: 8,
-            },
+            onnx: OnnxFile::of(model_bytes, 17, 8),
             inputs: vec![volume("ct")],
             outputs: vec![volume("reconstruction"), volume("error")],
             preprocessing: Preprocessing {

@@ -137,7 +137,7 @@ mod tests {
     use fracmap_core::HuWindow;
     use fracmap_core::fsutil::write_atomic;
     use fracmap_core::model_manifest::{
-        Dim, ElementType, ExportRecord, MANIFEST_FORMAT, MODEL_FILE, OnnxFile, Preprocessing, TensorSpec, sha256_hex,
+        Dim, ElementType, ExportRecord, MANIFEST_FORMAT, MODEL_FILE, OnnxFile, Preprocessing, TensorSpec,
     };
 
     use super::*;
@@ -155,13 +155,7 @@ mod tests {
             version,
             architecture: "vae".to_string(),
             config: Default::default(),
-            onnx: OnnxFile {
-                file: MODEL_FILE.to_string(),
-                sha256: sha256_hex(model),
-                bytes: model.len() as u64,
-                opset: 17,
-                ir_version: 8,
-            },
+            onnx: OnnxFile::of(model, 17, 8),
             inputs: vec![spec("ct")],
             outputs: vec![spec("error")],
             preprocessing: Preprocessing {

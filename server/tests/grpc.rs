@@ -206,13 +206,7 @@ fn tiny_manifest(name: &str, version: u64, model: &[u8]) -> ModelManifest {
         version,
         architecture: "tiny".to_string(),
         config: Default::default(),
-        onnx: OnnxFile {
-            file: MODEL_FILE.to_string(),
-            sha256: sha256_hex(model),
-            bytes: model.len() as u64,
-            opset: 17,
-            ir_version: 8,
-        },
+        onnx: OnnxFile::of(model, 17, 8),
         inputs: vec![volume("volume")],
         outputs: vec![volume("probability")],
         preprocessing: Preprocessing {

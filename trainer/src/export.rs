@@ -25,7 +25,7 @@ use burn::prelude::*;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::model_manifest::{
     ErrorNormalisation, Evaluation, ExportRecord, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, ModelManifest, OnnxFile,
-    Preprocessing, TensorSpec, TrainingRecord, Validation, is_model_name, parse_version, sha256_hex,
+    Preprocessing, TensorSpec, TrainingRecord, Validation, is_model_name, parse_version,
 };
 
 use crate::onnx::graph::{IR_VERSION, OPSET};
@@ -109,13 +109,7 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
         version: 1,
         architecture: model.architecture.to_string(),
         config: model.config,
-        onnx: OnnxFile {
-            file: MODEL_FILE.to_string(),
-            sha256: sha256_hex(&model.onnx),
-            bytes: model.onnx.len() as u64,
-            opset: OPSET as u32,
-            ir_version: IR_VERSION as u32,
-        },
+        onnx: OnnxFile::of(&model.onnx, OPSET as u32, IR_VERSION as u32),
         inputs: model.inputs,
         outputs: model.outputs,
         preprocessing: model.preprocessing,

@@ -434,5 +434,9 @@ mod tests {
         // It scored the best checkpoint, not the last.
         let last = ExportRequest { checkpoint: Which::Last, ..request(&run, &out) };
         assert!(export_run(&last).unwrap().manifest.evaluation.is_none());
+        // Numbers of an earlier epoch's weights are not this checkpoint's.
+        let earlier = VaeEvalReport { epoch: 1, ..report };
+        std::fs::write(run.join(EVAL_METRICS), serde_json::to_vec(&earlier).unwrap()).unwrap();
+        assert!(export_run(&request(&run, &out)).unwrap().manifest.evaluation.is_none());
     }
 }

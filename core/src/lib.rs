@@ -10,6 +10,7 @@
 
 pub mod chart;
 pub mod colormap;
+pub mod error_norm;
 pub mod fsutil;
 pub mod geometry;
 pub mod heatmap;
@@ -19,11 +20,14 @@ pub mod model_manifest;
 pub mod nifti_io;
 pub mod picture;
 pub mod preprocess;
+pub mod pseudo_label;
 pub mod render;
 pub mod scene;
 pub mod volume;
 
+pub use error_norm::{ErrorNorm, ErrorNormError};
 pub use geometry::{Box3, GeometryError, Mask, SliceRange};
 pub use metrics::{Confusion, MetricError};
 pub use preprocess::{CropRegion, HuWindow, Interpolation, PreprocessError};
+pub use pseudo_label::{PseudoLabel, PseudoLabelConfig, PseudoLabelError};
 pub use volume::{Affine, Grid, Volume, VolumeError};

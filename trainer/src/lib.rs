@@ -17,3 +17,4 @@ pub mod synth;
 pub mod training_data;
 pub mod vae;
 pub mod verse;
+pub mod weak;

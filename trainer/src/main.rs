@@ -9,7 +9,7 @@ use fracmap_trainer::device::DeviceChoice;
 use fracmap_trainer::manifest::{Manifest, Status};
 use fracmap_trainer::phantom_set::{self, PhantomSetSpec};
 use fracmap_trainer::synth::PhantomParams;
-use fracmap_trainer::{crops, folds, show, vae, verse};
+use fracmap_trainer::{crops, folds, show, vae, verse, weak};
 
 #[derive(Parser)]
 #[command(name = "fracmap-train", version, about = "Data, training, evaluation and export of fracmap's models")]
@@ -135,6 +135,76 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Train the phase-2 U-Net from weak labels (boxes or slice ranges) on one fold, with a
+    /// trained VAE's error maps as its second input, and score it on the test fold.
+    ///
+    /// The run folder gets run.json, config.toml, vae.json, metrics.csv, model_best.bpk,
+    /// model_last.bpk and test.json (Dice, IoU, precision, recall, PR-AUC at the threshold of
+    /// the best Dice on the training and validation folds).
+    Weak {
+        /// The configuration (TOML): configs/weak_box.toml (approach B) or configs/weak_slice.toml (A).
+        #[arg(long, default_value = "configs/weak_box.toml")]
+        config: PathBuf,
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+        /// The VAE's run folder (of `fracmap-train vae` with the same [data] and input shape).
+        #[arg(long)]
+        vae: PathBuf,
+        /// The test fold (use the VAE's).
+        #[arg(long, default_value_t = 0)]
+        fold: usize,
+        /// The run folder (created; it must not hold a model).
+        #[arg(long)]
+        out: PathBuf,
+        /// The crop cache folder [default: crops/<spec> beside the manifest].
+        #[arg(long)]
+        crops: Option<PathBuf>,
+        /// Worker threads for cropping (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// auto | cpu | cuda.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Run an experiment: `box-vs-slice` compares, per fold, slice labels (A), box labels (B),
+    /// the VAE error alone, the box filled as the mask and full supervision, and writes
+    /// report.md, results.json and heat maps. Finished stages in --out are reused.
+    Experiment {
+        /// The experiment: box-vs-slice.
+        #[arg(value_enum)]
+        name: ExperimentName,
+        /// The manifest (JSON); it needs folds and true masks.
+        #[arg(long)]
+        data: PathBuf,
+        /// The experiment folder (created; rerun to continue an interrupted run).
+        #[arg(long)]
+        out: PathBuf,
+        /// The VAE trained per fold.
+        #[arg(long, default_value = "configs/vae_quick.toml")]
+        vae_config: PathBuf,
+        /// Approach B's configuration (the fully supervised bound uses it with true masks).
+        #[arg(long, default_value = "configs/weak_box.toml")]
+        box_config: PathBuf,
+        /// Approach A's configuration.
+        #[arg(long, default_value = "configs/weak_slice.toml")]
+        slice_config: PathBuf,
+        /// Test folds, comma separated [default: every fold].
+        #[arg(long, value_delimiter = ',')]
+        folds: Vec<usize>,
+        /// Fractured test vertebrae drawn per fold.
+        #[arg(long, default_value_t = 6)]
+        pictures: usize,
+        /// The crop cache folder [default: crops/<spec> beside the manifest].
+        #[arg(long)]
+        crops: Option<PathBuf>,
+        /// Worker threads for cropping (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// auto | cpu | cuda.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Evaluate a VAE run's error map on its test fold: voxel ROC-AUC and PR-AUC against the
     /// true fracture masks, vertebra ROC-AUC normal vs fractured, error maps as NIfTI, pictures
     /// and report.md.
@@ -199,6 +269,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExperimentName {
+    /// Slice labels vs box labels on the same U-Net, with baselines and the upper bound.
+    BoxVsSlice,
 }
 
 fn main() {
@@ -301,6 +377,49 @@ fn run(cli: Cli) -> Result<()> {
             let best =
                 outcome.best.map_or("none".to_string(), |b| format!("epoch {} (val loss {:.5})", b.epoch, b.val_loss));
             println!("{}: {} epochs, best {best}", request.out.display(), outcome.epochs_done);
+        }
+        Command::Weak { config, data, vae, fold, out, crops, threads, device } => {
+            let request = weak::run::WeakTrainRequest { config, data, vae, fold, out, crops, threads, device };
+            let m = weak::run::train_weak(&request)?;
+            let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "{}: test fold Dice {:.3}, IoU {:.3}, precision {}, recall {}, PR-AUC {} at threshold {:.2}",
+                request.out.display(),
+                m.dice,
+                m.iou,
+                show(m.precision),
+                show(m.recall),
+                show(m.pr_auc),
+                m.threshold
+            );
+        }
+        Command::Experiment {
+            name: ExperimentName::BoxVsSlice,
+            data,
+            out,
+            vae_config,
+            box_config,
+            slice_config,
+            folds,
+            pictures,
+            crops,
+            threads,
+            device,
+        } => {
+            let request = weak::experiment::ExperimentRequest {
+                data,
+                out,
+                vae_config,
+                box_config,
+                slice_config,
+                folds,
+                pictures,
+                crops,
+                threads,
+                device,
+            };
+            weak::experiment::run_experiment(&request)?;
+            println!("{}", request.out.join("report.md").display());
         }
         Command::EvalVae { run, out, last, sigma, percentile, pictures, device } => {
             let checkpoint = if last { vae::checkpoint::Which::Last } else { vae::checkpoint::Which::Best };

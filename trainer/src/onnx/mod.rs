@@ -6,7 +6,9 @@
 //!   inputs, outputs) and its encoding to `.onnx` bytes (opset [`graph::OPSET`]);
 //! - [`layers`]: [`EmitOnnx`] for Burn's layers (Conv3d, ConvTranspose3d, Linear, LeakyRelu,
 //!   GroupNorm, InstanceNorm, BatchNorm);
-//! - [`vae`]: the phase-1 VAE's inference graph, `ct` to `reconstruction` and `error`.
+//! - [`vae`]: the phase-1 VAE's inference graph, `ct` to `reconstruction` and `error`;
+//! - [`unet`]: the phase-2 U-Net's inference graph, `input` (CT and normalised error) to
+//!   `probability`.
 //!
 //! A model emits its layers in the order its `forward` calls them; a new layer type is one
 //! `EmitOnnx` impl. Exported graphs are inference graphs: BatchNorm uses its running
@@ -14,6 +16,7 @@
 
 pub mod graph;
 pub mod layers;
+pub mod unet;
 pub mod vae;
 
 pub use graph::{Attr, OnnxGraph};

@@ -236,7 +236,7 @@ const ERROR_SCALE: f32 = 0.5;
 const PANEL_SIZE: usize = 192;
 
 /// Nearest-neighbour enlargement by `factor`.
-fn upscale(image: &RgbImage, factor: usize) -> RgbImage {
+pub(crate) fn upscale(image: &RgbImage, factor: usize) -> RgbImage {
     let factor = factor.max(1);
     let mut out = RgbImage::filled(image.width * factor, image.height * factor, [0, 0, 0]);
     for row in 0..out.height {
@@ -247,7 +247,7 @@ fn upscale(image: &RgbImage, factor: usize) -> RgbImage {
     out
 }
 
-fn centroid(mask: &Mask) -> [usize; 3] {
+pub(crate) fn centroid(mask: &Mask) -> [usize; 3] {
     let (mut sum, mut n) = ([0usize; 3], 0usize);
     for ((z, y, x), _) in mask.indexed_iter().filter(|(_, v)| **v) {
         sum = [sum[0] + z, sum[1] + y, sum[2] + x];

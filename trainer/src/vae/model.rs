@@ -56,7 +56,9 @@ pub enum Norm {
 }
 
 impl Norm {
-    fn new(kind: NormKind, channels: usize, max_groups: usize, device: &Device) -> Self {
+    /// GroupNorm with `gcd(channels, max_groups)` groups, or the other norms (which ignore
+    /// `max_groups`).
+    pub(crate) fn new(kind: NormKind, channels: usize, max_groups: usize, device: &Device) -> Self {
         match kind {
             NormKind::Group => Norm::Group(GroupNormConfig::new(gcd(channels, max_groups), channels).init(device)),
             NormKind::Instance => Norm::Instance(InstanceNormConfig::new(channels).init(device)),
@@ -122,17 +124,24 @@ pub struct VaeOutput {
 /// `SEED`), lazily, at a parameter's first use. Seeding and drawing every parameter under
 /// this lock makes the initial weights a function of the seed alone, as long as nothing else
 /// draws from burn's generator meanwhile (nothing here does: the reparameterisation noise
-/// comes from the trainer's own generator).
+/// comes from the trainer's own generator). Every model of the crate initialises through
+/// [`init_seeded`], so that they all share it.
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
+
+/// The module `build` makes, every parameter drawn under [`SEEDED_INIT`] after seeding
+/// burn's generator with `seed`: its weights depend only on `seed`.
+pub(crate) fn init_seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce() -> M) -> M {
+    let _guard = SEEDED_INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    let module = build();
+    module.visit(&mut Materialise);
+    module
+}
 
 impl ModelConfig {
     /// A freshly initialised VAE whose weights depend only on `seed`.
     pub fn init(&self, device: &Device, seed: u64) -> Vae {
-        let _guard = SEEDED_INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        device.seed(seed);
-        let vae = self.build(device);
-        vae.visit(&mut Materialise);
-        vae
+        init_seeded(device, seed, || self.build(device))
     }
 
     /// The VAE of a burnpack file written by `Module::save_file` for this configuration.

@@ -140,3 +140,30 @@ mod tests {
         assert_eq!(maps_of(t).unwrap(), vec![a.clone(), a]);
     }
 }
+
+/// Hand-made samples for the tests of this module's neighbours.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::manifest::Status;
+
+    /// A sample of the given status whose CT is `ct` on a grid of 2 mm voxels, with `box_in`
+    /// as its fracture box (and slice range: its slices), `truth` as its true mask, and
+    /// `error` as its normalised error map.
+    pub(crate) fn sample(
+        status: Status,
+        ct: Array3<f32>,
+        error: Array3<f32>,
+        box_in: Mask,
+        truth: Option<Mask>,
+    ) -> Sample {
+        let mut entry: CropEntry = serde_json::from_str(include_str!("testdata/crop_entry.json")).unwrap();
+        let labeled = box_in.iter().any(|v| *v);
+        entry.status = status;
+        (entry.fracture_boxes, entry.slice_ranges) = if labeled { (1, 1) } else { (0, 0) };
+        let slices: Vec<bool> =
+            (0..box_in.dim().0).map(|z| box_in.index_axis(ndarray::Axis(0), z).iter().any(|v| *v)).collect();
+        let slice_in = Mask::from_shape_fn(box_in.raw_dim(), |(z, _, _)| slices[z]);
+        Sample { entry, ct: Volume::with_spacing(ct, [2.0; 3]).unwrap(), error, box_in, slice_in, truth }
+    }
+}

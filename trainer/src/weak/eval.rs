@@ -110,3 +110,67 @@ pub fn score_maps(maps: &[Array3<f32>], samples: &[Sample], threshold: f32) -> R
         vertebra_auc: roc_auc(&peaks, &fractured).ok(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weak::data::fixtures::sample;
+
+    fn row(values: [f32; 4]) -> Array3<f32> {
+        Array3::from_shape_vec((1, 1, 4), values.to_vec()).unwrap()
+    }
+
+    fn mask(values: [bool; 4]) -> Mask {
+        Mask::from_shape_vec((1, 1, 4), values.to_vec()).unwrap()
+    }
+
+    /// A fractured vertebra (truth on voxels 0 and 1, box over 0..3) and a normal one.
+    fn two_vertebrae() -> Vec<Sample> {
+        let zeros = row([0.0; 4]);
+        vec![
+            sample(
+                Status::Fractured,
+                zeros.clone(),
+                zeros.clone(),
+                mask([true, true, true, false]),
+                Some(mask([true, true, false, false])),
+            ),
+            sample(Status::Normal, zeros.clone(), zeros, mask([false; 4]), Some(mask([false; 4]))),
+        ]
+    }
+
+    #[test]
+    fn scores_pool_the_voxels_of_every_vertebra() {
+        let maps = [row([0.9, 0.4, 0.8, 0.1]), row([0.2, 0.7, 0.1, 0.0])];
+        let m = score_maps(&maps, &two_vertebrae(), 0.5).unwrap();
+        // Predicted: voxels 0 and 2 of the first, 1 of the second. TP 1, FP 2, FN 1.
+        assert!((m.dice - 2.0 / 5.0).abs() < 1e-12, "{m:?}");
+        assert!((m.iou - 1.0 / 4.0).abs() < 1e-12);
+        assert!((m.precision.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m.recall.unwrap() - 0.5).abs() < 1e-12);
+        // Descending: 0.9 (fracture), 0.8, 0.7, 0.4 (fracture): AP = 0.5 * 1 + 0.5 * 2/4.
+        assert!((m.pr_auc.unwrap() - 0.75).abs() < 1e-12);
+        // Outside the boxes only the normal vertebra's voxel 1 is predicted: 8 mm^3 over two vertebrae.
+        assert!((m.outside_box_mm3 - 4.0).abs() < 1e-12);
+        // The fractured vertebra peaks higher (0.9 against 0.7).
+        assert_eq!(m.vertebra_auc, Some(1.0));
+    }
+
+    #[test]
+    fn a_fractured_vertebra_without_a_mask_is_left_out_of_the_voxel_numbers() {
+        let mut samples = two_vertebrae();
+        samples[0].truth = None;
+        let maps = [row([0.9, 0.4, 0.8, 0.1]), row([0.2, 0.7, 0.1, 0.0])];
+        let m = score_maps(&maps, &samples, 0.5).unwrap();
+        assert_eq!((m.dice, m.recall, m.pr_auc), (0.0, None, None), "only the normal vertebra's negatives remain");
+        assert_eq!(m.vertebra_auc, Some(1.0), "detection needs only the status");
+    }
+
+    #[test]
+    fn the_threshold_is_the_lowest_of_the_best_dice() {
+        let samples = &two_vertebrae()[..1];
+        // Anything in (0.3, 0.6] separates the fracture exactly; the grid's first such is 0.32.
+        let threshold = choose_threshold(&[row([0.9, 0.6, 0.3, 0.1])], samples).unwrap();
+        assert!((threshold - 0.32).abs() < 1e-6, "{threshold}");
+    }
+}

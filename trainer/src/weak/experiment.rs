@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::geometry::bounding_box;
@@ -137,9 +137,13 @@ pub fn run_experiment(request: &ExperimentRequest) -> Result<Vec<FoldResult>> {
         let path = dir.join("metrics.json");
         write_atomic(&path, &serde_json::to_vec_pretty(&result)?).with_context(|| path.display().to_string())?;
         let thresholds: Vec<f32> = result.methods.iter().map(|m| m.threshold).collect();
-        let picture = heatmap_sheet(&samples.test, &maps, &thresholds, request.pictures)?;
-        let path = dir.join("heatmaps.png");
-        write_png(&path, &picture).with_context(|| path.display().to_string())?;
+        match heatmap_sheet(&samples.test, &maps, &thresholds, request.pictures)? {
+            Some(picture) => {
+                let path = dir.join("heatmaps.png");
+                write_png(&path, &picture).with_context(|| path.display().to_string())?;
+            }
+            None => eprintln!("fold {fold}: no fractured test vertebra with a true mask to draw"),
+        }
         progress.finish(&format!("fold {fold}: {}", summary_line(&result)));
         results.push(result);
     }
@@ -217,15 +221,20 @@ const PANEL_SIZE: usize = 160;
 
 /// Rows: up to `count` fractured test vertebrae with a true mask; columns: the CT, then each
 /// method's map over it at its threshold, sagittal through the fracture's centre. The truth
-/// is outlined in red, the fracture box in cyan.
-fn heatmap_sheet(test: &[Sample], maps: &[Vec<Array3<f32>>], thresholds: &[f32], count: usize) -> Result<RgbImage> {
+/// is outlined in red, the fracture box in cyan. `None` when there is no such vertebra.
+fn heatmap_sheet(
+    test: &[Sample],
+    maps: &[Vec<Array3<f32>>],
+    thresholds: &[f32],
+    count: usize,
+) -> Result<Option<RgbImage>> {
     let chosen: Vec<usize> = (0..test.len())
         .filter(|&i| test[i].truth.as_ref().is_some_and(|t| t.iter().any(|v| *v)))
         .filter(|&i| test[i].entry.status == Status::Fractured)
         .take(count)
         .collect();
     if chosen.is_empty() {
-        bail!("no fractured test vertebra with a true mask to draw");
+        return Ok(None);
     }
     let titles = ["CT", "A SLICE", "B BOX", "VAE", "BOX FILL", "FULL"];
     let mut panels = Vec::new();
@@ -252,7 +261,7 @@ fn heatmap_sheet(test: &[Sample], maps: &[Vec<Array3<f32>>], thresholds: &[f32],
             panels.push(panel);
         }
     }
-    Ok(tiled(&panels, titles.len(), 4))
+    Ok(Some(tiled(&panels, titles.len(), 4)))
 }
 
 fn summary_line(result: &FoldResult) -> String {

@@ -7,13 +7,17 @@
 //!
 //! Run folder: `run.json`, `config.toml`, `vae.json` (the VAE run and epoch the error maps
 //! came from), `metrics.csv`, `model_best.bpk`, `model_last.bpk`, `test.json` (the test
-//! fold's numbers, see `eval.rs`).
+//! fold's numbers, see `eval.rs`), `drafts/` and `drafts.csv` (the test crops' draft masks,
+//! see [`write_drafts`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
+use fracmap_core::Box3;
 use fracmap_core::fsutil::write_atomic;
+use fracmap_core::geometry::bounding_box;
+use fracmap_core::pseudo_label::{PseudoLabelConfig, pseudo_label, write_pseudo_label};
 use serde::{Deserialize, Serialize};
 
 use super::config::WeakConfig;
@@ -32,6 +36,9 @@ use crate::vae::model::Vae;
 
 pub const VAE_RECORD_FILE: &str = "vae.json";
 pub const TEST_METRICS_FILE: &str = "test.json";
+/// Draft masks of the test crops, and their table.
+pub const DRAFTS_DIR: &str = "drafts";
+pub const DRAFTS_TABLE: &str = "drafts.csv";
 
 /// What `fracmap-train weak` was asked.
 #[derive(Debug, Clone)]
@@ -188,6 +195,43 @@ pub fn test_metrics(model: &UNet, samples: &FoldSamples, batch_size: usize, devi
     score_maps(&predict(model, &samples.test, batch_size, device)?, &samples.test, threshold)
 }
 
+/// The draft masks of the test crops (`core::pseudo_label`: `P >= threshold` inside the
+/// vertebra's fracture box, or the whole crop without one; small components removed), as
+/// uint8 NIfTI on each crop's grid (its affine places it on the source CT), and
+/// `drafts.csv` with each one's volume and confidence.
+pub fn write_drafts(
+    model: &UNet,
+    samples: &[Sample],
+    threshold: f32,
+    batch_size: usize,
+    device: &Device,
+    out: &Path,
+) -> Result<()> {
+    let dir = out.join(DRAFTS_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let config = PseudoLabelConfig { threshold, ..PseudoLabelConfig::default() };
+    let mut csv = String::from("crop,status,voxels,volume_mm3,confidence,components_removed\n");
+    for (sample, map) in samples.iter().zip(predict(model, samples, batch_size, device)?) {
+        let probability = sample.ct.with_data(map)?;
+        let boxes: Vec<Box3> = bounding_box(&sample.box_in).into_iter().collect();
+        let draft =
+            pseudo_label(&probability, &boxes, &config).with_context(|| format!("crop {}", sample.entry.dir))?;
+        let path = dir.join(format!("{}.nii.gz", sample.entry.dir));
+        write_pseudo_label(&path, &draft, &sample.ct.grid()).with_context(|| path.display().to_string())?;
+        csv.push_str(&format!(
+            "{},{:?},{},{:.1},{:.4},{}\n",
+            sample.entry.dir,
+            sample.entry.status,
+            draft.voxels,
+            draft.volume_mm3,
+            draft.confidence,
+            draft.removed_components
+        ));
+    }
+    let path = out.join(DRAFTS_TABLE);
+    write_atomic(&path, csv.as_bytes()).with_context(|| path.display().to_string())
+}
+
 /// Trains the U-Net of a request and scores it on the test fold.
 pub fn train_weak(request: &WeakTrainRequest) -> Result<MapMetrics> {
     let config = WeakConfig::load(&request.config).with_context(|| request.config.display().to_string())?;
@@ -212,5 +256,6 @@ pub fn train_weak(request: &WeakTrainRequest) -> Result<MapMetrics> {
     let metrics = test_metrics(&model, &samples, config.train.batch_size, &device)?;
     let path = request.out.join(TEST_METRICS_FILE);
     write_atomic(&path, &serde_json::to_vec_pretty(&metrics)?).with_context(|| path.display().to_string())?;
+    write_drafts(&model, &samples.test, metrics.threshold, config.train.batch_size, &device, &request.out)?;
     Ok(metrics)
 }

@@ -316,3 +316,153 @@ pub fn save_model(model: &UNet, path: &Path) -> Result<(), WeakTrainError> {
     model.clone().save_file(&tmp).map_err(|source| WeakTrainError::Record { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weak::data::fixtures::sample;
+    use crate::weak::model::UNetConfig;
+    use fracmap_core::Mask;
+    use ndarray::Array3;
+
+    /// 8^3 crops, base 2, two levels, batch 2.
+    fn tiny_config(mode: Supervision, epochs: usize) -> WeakConfig {
+        let mut config = WeakConfig {
+            model: UNetConfig {
+                input_shape: [8; 3],
+                base_channels: 2,
+                levels: 2,
+                norm_groups: 2,
+                ..UNetConfig::default()
+            },
+            ..WeakConfig::default()
+        };
+        config.labels.mode = mode;
+        config.train.epochs = epochs;
+        config.train.batch_size = 2;
+        config.train.lr = 3e-3;
+        config
+    }
+
+    /// A bright cube; fractured ones have a dark cleft in their box (z 2..5, y 2..5, x 2..5).
+    fn vertebra(status: Status, shift: usize) -> Sample {
+        let in_box = |z: usize, y: usize, x: usize| [z, y, x].iter().all(|c| (2..5).contains(c));
+        let fractured = status == Status::Fractured;
+        let cleft = Mask::from_shape_fn((8, 8, 8), |(z, y, x)| fractured && in_box(z, y, x) && y == 3);
+        let ct = Array3::from_shape_fn((8, 8, 8), |(z, y, x)| {
+            if cleft[[z, y, x]] {
+                0.2
+            } else if (1..7).contains(&((x + shift) % 8)) {
+                0.8
+            } else {
+                0.1
+            }
+        });
+        let error = cleft.mapv(|v| if v { 1.0 } else { 0.0 });
+        let box_in = Mask::from_shape_fn((8, 8, 8), |(z, y, x)| fractured && in_box(z, y, x));
+        sample(status, ct, error, box_in, Some(cleft))
+    }
+
+    fn set() -> Vec<Sample> {
+        let mut samples: Vec<Sample> = (0..4).map(|i| vertebra(Status::Normal, i)).collect();
+        samples.extend((0..2).map(|i| vertebra(Status::Fractured, i)));
+        samples
+    }
+
+    fn run(config: &WeakConfig, dir: &Path) -> Result<WeakOutcome, WeakTrainError> {
+        let (train, val) = (set(), set());
+        WeakTrainRun { config, train: &train, val: &val, run_dir: dir, device: Device::flex() }.run(|_| ())
+    }
+
+    fn losses(outcome: &WeakOutcome) -> Vec<(LossValues, LossValues)> {
+        outcome.history.iter().map(|e| (e.train.clone(), e.val.clone())).collect()
+    }
+
+    #[test]
+    fn every_mode_trains_with_finite_losses_and_writes_its_files() {
+        for mode in [Supervision::Box, Supervision::Slice, Supervision::Full] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = tiny_config(mode, 2);
+            let outcome = run(&config, dir.path()).unwrap();
+            assert_eq!(outcome.history.len(), 2, "{mode:?}");
+            for epoch in &outcome.history {
+                assert!(epoch.train.total.is_finite() && epoch.val.total.is_finite(), "{mode:?}: {epoch:?}");
+                assert_eq!(epoch.train.terms.len(), term_names(mode).len());
+            }
+            let csv = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+            assert_eq!(csv.lines().count(), 3, "{csv}");
+            let loaded = config.model.load(&dir.path().join(BEST_MODEL_FILE), &Device::flex()).unwrap();
+            assert_eq!(loaded.head.weight.val().into_data(), outcome.model.head.weight.val().into_data());
+            assert!(dir.path().join(LAST_MODEL_FILE).is_file());
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run_and_another_seed_another() {
+        let config = tiny_config(Supervision::Box, 2);
+        let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = run(&config, a.path()).unwrap();
+        assert_eq!(losses(&first), losses(&run(&config, b.path()).unwrap()));
+        let mut reseeded = config.clone();
+        reseeded.train.seed = 1;
+        assert_ne!(losses(&first), losses(&run(&reseeded, c.path()).unwrap()));
+    }
+
+    #[test]
+    fn training_lowers_the_weak_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = run(&tiny_config(Supervision::Box, 8), dir.path()).unwrap();
+        let (first, last) = (&outcome.history[0].train, &outcome.history[7].train);
+        assert!(last.total < first.total, "{first:?} -> {last:?}");
+    }
+
+    #[test]
+    fn fractured_vertebrae_without_a_label_of_the_mode_do_not_supervise() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut train = set();
+        train[4].entry.fracture_boxes = 0;
+        let val = set();
+        let config = tiny_config(Supervision::Box, 1);
+        let outcome =
+            WeakTrainRun { config: &config, train: &train, val: &val, run_dir: dir.path(), device: Device::flex() }
+                .run(|_| ())
+                .unwrap();
+        assert_eq!(outcome.supervising, (5, 6));
+    }
+
+    #[test]
+    fn epochs_draw_normals_in_proportion_to_fractures() {
+        assert_eq!(normals_drawn(1.0, 2, 10), 2);
+        assert_eq!(normals_drawn(1.5, 3, 10), 5, "rounded up");
+        assert_eq!(normals_drawn(4.0, 3, 10), 10, "never more than there are");
+        assert_eq!(normals_drawn(0.0, 3, 10), 10, "0: all of them");
+        assert_eq!(normals_drawn(1.0, 0, 10), 10, "no fracture: all of them");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = tiny_config(Supervision::Box, 1);
+        config.labels.normals_per_fracture = 1.0;
+        let (train, val) = (set(), set());
+        let mut batches = 0;
+        WeakTrainRun { config: &config, train: &train, val: &val, run_dir: dir.path(), device: Device::flex() }
+            .run(|event| {
+                if let WeakEvent::Batch { batches: b, .. } = event {
+                    batches = b;
+                }
+            })
+            .unwrap();
+        assert_eq!(batches, 2, "two fractured and two of four normal crops, in batches of two");
+    }
+
+    #[test]
+    fn validation_keeps_every_fracture_and_evenly_spaced_normals() {
+        let samples: Vec<Sample> =
+            (0..7).map(|i| vertebra(if i == 3 { Status::Fractured } else { Status::Normal }, i)).collect();
+        let set: Vec<_> = samples.iter().map(|s| (s, s.masks(Supervision::Box).unwrap())).collect();
+        let kept: Vec<usize> = thin_normals(set, 2.0)
+            .iter()
+            .map(|(kept, _)| samples.iter().position(|s| std::ptr::eq(s, *kept)).unwrap())
+            .collect();
+        // Two of the six normals, the last of each half (normals 2 and 5, at 2 and 6), and
+        // the fracture in its place.
+        assert_eq!(kept, vec![2, 3, 6]);
+    }
+}

@@ -12,6 +12,11 @@
 //! this one type, so the preprocessing numbers (spacing, HU window, patch) have one source.
 //! The manifest names the model file's SHA-256: [`ModelManifest::verify_model`] refuses a
 //! model file that is not the one exported.
+//!
+//! A phase-2 U-Net reads the error map of a phase-1 VAE: its manifest says which VAE and how
+//! the map becomes the U-Net's second input channel ([`ErrorInput`]), and the probability
+//! threshold of its draft mask ([`ModelManifest::mask_threshold`]). Both fields are absent
+//! from a VAE's manifest, and from manifests written before they existed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -20,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error_norm::ErrorNorm;
 use crate::preprocess::HuWindow;
 
 /// The manifest's file name in a version folder.
@@ -49,6 +55,15 @@ pub struct ModelManifest {
     pub preprocessing: Preprocessing,
     /// How to read the reconstruction-error output, for models that have one.
     pub error_normalisation: Option<ErrorNormalisation>,
+    /// How the error-map input channel is made, for models that read a VAE's error map (the
+    /// phase-2 U-Net).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_input: Option<ErrorInput>,
+    /// The probability at or above which a voxel belongs to the draft fracture mask, chosen
+    /// with the training and validation folds (the best pooled Dice); for models with a
+    /// probability output whose run chose one for the exported weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_threshold: Option<f32>,
     /// Sentences a user of the model needs (which axes are dynamic, what the graph leaves out).
     pub notes: Vec<String>,
     /// The training run, when the model came from one.
@@ -141,6 +156,32 @@ pub struct ErrorNormalisation {
     pub hu_per_unit: f64,
 }
 
+/// How a phase-2 model's error-map channel (input channel 1; channel 0 is the CT crop) is
+/// made from the crop `X` that `preprocessing` prepares:
+///
+/// 1. `E = |X - X_hat|`: the error output of the paired VAE (its manifest's
+///    `error_normalisation.output`), the VAE of run `vae_run` at epoch `vae_epoch`, run on the
+///    same crop (so the two manifests' `preprocessing` are equal);
+/// 2. when `error_sigma > 0`, `E` blurred by a separable Gaussian of `error_sigma` voxels
+///    (kernel cut at 3 sigma and normalised to sum 1, edge voxels repeated beyond the border);
+/// 3. `E` scaled to `[0, 1]` on the crop's own statistics by
+///    [`normalise_error`](crate::error_norm::normalise_error) with `error_norm`.
+///
+/// [`ModelManifest::takes_errors_from`] tells whether a VAE's manifest is the paired one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorInput {
+    /// The VAE's training run folder, absolute: its manifest's `training.run`.
+    pub vae_run: PathBuf,
+    /// Epochs the VAE had trained when its weights were saved (the checkpoint the U-Net's
+    /// training read): its manifest's `validation.epoch`.
+    pub vae_epoch: usize,
+    /// Standard deviation of the Gaussian smoothing of `E`, voxels; 0 = not smoothed.
+    pub error_sigma: f32,
+    /// The per-crop scaling of `E` to `[0, 1]`.
+    pub error_norm: ErrorNorm,
+}
+
 /// Where the weights came from: the training run's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,7 +205,8 @@ pub struct TrainingRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validation {
-    /// The checkpoint folder's name, e.g. "epoch-0019".
+    /// The checkpoint exported, in the run folder: a folder (the VAE's, e.g. "epoch-0019") or
+    /// a file (the U-Net's, e.g. "model_best.bpk").
     pub checkpoint: String,
     /// "best" (lowest validation loss) or "last".
     pub selected: String,
@@ -266,7 +308,33 @@ impl ModelManifest {
             let named = self.outputs.iter().any(|o| o.name == error.output);
             check("error_normalisation.output", &error.output, named, "names no output")?;
         }
+        if let Some(input) = &self.error_input {
+            let norm = input.error_norm;
+            let norm_ok = norm.validate().is_ok();
+            check(
+                "error_input.error_norm",
+                format!("{norm:?}"),
+                norm_ok,
+                "percentiles must be in 0..=100, low < high",
+            )?;
+            let sigma = input.error_sigma;
+            check("error_input.error_sigma", sigma, sigma.is_finite() && sigma >= 0.0, "must be finite and >= 0")?;
+        }
+        if let Some(threshold) = self.mask_threshold {
+            check("mask_threshold", threshold, (0.0..=1.0).contains(&threshold), "must be a probability in [0, 1]")?;
+        }
         Ok(())
+    }
+
+    /// Whether `vae` is the model whose error output makes this model's error channel: the
+    /// VAE run and epoch of [`ModelManifest::error_input`], with the same preprocessing and
+    /// an error output. False for a model without `error_input`.
+    pub fn takes_errors_from(&self, vae: &ModelManifest) -> bool {
+        let Some(input) = &self.error_input else { return false };
+        vae.training.as_ref().is_some_and(|t| t.run == input.vae_run)
+            && vae.validation.as_ref().is_some_and(|v| v.epoch == input.vae_epoch)
+            && vae.preprocessing == self.preprocessing
+            && vae.error_normalisation.is_some()
     }
 
     /// Checks that the model file in `version_dir` is the one exported (its SHA-256) and
@@ -352,12 +420,52 @@ mod tests {
                 definition: "|ct - reconstruction|".to_string(),
                 hu_per_unit: 1500.0,
             }),
+            error_input: None,
+            mask_threshold: None,
             notes: vec![],
             training: None,
             validation: None,
             evaluation: None,
             exported: ExportRecord { at: 0, tool: "test".to_string(), git_revision: None },
         }
+    }
+
+    /// A VAE manifest with its run and epoch, and a U-Net manifest that reads its errors.
+    fn vae_and_unet() -> (ModelManifest, ModelManifest) {
+        let mut vae = manifest(b"vae");
+        vae.training = Some(TrainingRecord {
+            run: PathBuf::from("/runs/vae"),
+            data: PathBuf::from("/data/manifest.json"),
+            test_fold: 0,
+            validation_fold: 1,
+            folds: 5,
+            train_crops: 10,
+            validation_crops: 3,
+            git_revision: None,
+            started: 0,
+        });
+        vae.validation = Some(Validation {
+            checkpoint: "epoch-0007".to_string(),
+            selected: "best".to_string(),
+            epoch: 7,
+            best_epoch: Some(7),
+            best_val_loss: Some(0.25),
+            metrics: BTreeMap::new(),
+        });
+        let mut unet = manifest(b"unet");
+        unet.name = "unet".to_string();
+        unet.architecture = "unet".to_string();
+        unet.error_normalisation = None;
+        unet.outputs.truncate(1);
+        unet.outputs[0].name = "probability".to_string();
+        unet.error_input = Some(ErrorInput {
+            vae_run: PathBuf::from("/runs/vae"),
+            vae_epoch: 7,
+            error_sigma: 1.5,
+            error_norm: ErrorNorm::Percentile { low: 0.5, high: 99.5 },
+        });
+        unet.mask_threshold = Some(0.42);
+        (vae, unet)
     }
 
     #[test]
@@ -393,6 +501,69 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["batch", 1, 8, 8, 8]));
         assert_eq!(json["preprocessing"]["hu_window"], serde_json::json!({"min": -250.0, "max": 1250.0}));
+    }
+
+    #[test]
+    fn a_unet_manifest_round_trips_with_its_error_input_and_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        let (_, unet) = vae_and_unet();
+        std::fs::write(&path, unet.to_json()).unwrap();
+        assert_eq!(ModelManifest::load(&path).unwrap(), unet);
+        let json: serde_json::Value = serde_json::from_slice(&unet.to_json()).unwrap();
+        assert_eq!(
+            json["error_input"]["error_norm"],
+            serde_json::json!({"kind": "percentile", "low": 0.5, "high": 99.5})
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_the_phase_2_fields_loads_and_is_written_without_them() {
+        // Manifests written before `error_input` and `mask_threshold` existed lack both keys.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        let (_, unet) = vae_and_unet();
+        let mut json: serde_json::Value = serde_json::from_slice(&unet.to_json()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("error_input");
+        object.remove("mask_threshold");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let old = ModelManifest::load(&path).unwrap();
+        assert_eq!(old, ModelManifest { error_input: None, mask_threshold: None, ..unet });
+        // A model without them is written as before: no new keys.
+        let written: serde_json::Value = serde_json::from_slice(&old.to_json()).unwrap();
+        assert_eq!(written, json);
+    }
+
+    #[test]
+    fn a_bad_threshold_smoothing_or_normalisation_is_refused() {
+        let (_, unet) = vae_and_unet();
+        let mut m = unet.clone();
+        m.mask_threshold = Some(1.5);
+        assert!(m.validate().unwrap_err().to_string().contains("mask_threshold = 1.5"));
+        let mut m = unet.clone();
+        m.error_input.as_mut().unwrap().error_sigma = f32::NAN;
+        assert!(m.validate().unwrap_err().to_string().contains("error_input.error_sigma"));
+        let mut m = unet;
+        m.error_input.as_mut().unwrap().error_norm = ErrorNorm::Percentile { low: 99.5, high: 0.5 };
+        assert!(m.validate().unwrap_err().to_string().contains("error_input.error_norm"));
+    }
+
+    #[test]
+    fn the_paired_vae_is_the_one_of_the_recorded_run_epoch_and_crop() {
+        let (vae, unet) = vae_and_unet();
+        assert!(unet.takes_errors_from(&vae));
+        let mut other_epoch = vae.clone();
+        other_epoch.validation.as_mut().unwrap().epoch = 8;
+        assert!(!unet.takes_errors_from(&other_epoch));
+        let mut other_run = vae.clone();
+        other_run.training.as_mut().unwrap().run = PathBuf::from("/runs/vae-2");
+        assert!(!unet.takes_errors_from(&other_run));
+        let mut other_crop = vae.clone();
+        other_crop.preprocessing.margin_mm = 8.0;
+        assert!(!unet.takes_errors_from(&other_crop));
+        // Only a model with error_input pairs with anything.
+        assert!(!vae.takes_errors_from(&vae));
     }
 
     #[test]

@@ -165,6 +165,8 @@ mod tests {
                 patch: [4; 3],
             },
             error_normalisation: None,
+            error_input: None,
+            mask_threshold: None,
             notes: vec![],
             training: None,
             validation: None,

@@ -216,6 +216,8 @@ fn tiny_manifest(name: &str, version: u64, model: &[u8]) -> ModelManifest {
             patch: [16, 24, 32],
         },
         error_normalisation: None,
+        error_input: None,
+        mask_threshold: None,
         notes: vec![],
         training: None,
         validation: None,

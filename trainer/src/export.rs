@@ -12,32 +12,47 @@
 //! temporary name, then renamed): a version without its manifest is unfinished and the
 //! server skips it.
 //!
-//! The manifest's numbers come from the run folder: `run.json` (data, folds, revision), the
-//! checkpoint's `state.json` (configuration, best epoch), `metrics.csv` (the exported epoch's
-//! row) and, when it evaluated this checkpoint, `eval/metrics.json` of `eval-vae`.
+//! The manifest's numbers come from the run folder, `run.json` (data, folds, revision) and
+//! `metrics.csv` (the exported epoch's row) for every model, and per architecture:
+//! - a VAE run (`fracmap-train vae`): the checkpoint's `state.json` (configuration, best
+//!   epoch) and, when it evaluated this checkpoint, `eval/metrics.json` of `eval-vae`;
+//! - a U-Net run (`fracmap-train weak`): `config.toml`, `model_best.bpk` or `model_last.bpk`
+//!   (best: the lowest validation loss in `metrics.csv`), `vae.json` (the VAE whose error maps
+//!   it reads: the manifest's `error_input`) and, when these are the best epoch's weights,
+//!   `test.json` (its test-fold numbers and the threshold of its draft mask).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::model_manifest::{
-    ErrorNormalisation, Evaluation, ExportRecord, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, ModelManifest, OnnxFile,
-    Preprocessing, TensorSpec, TrainingRecord, Validation, is_model_name, parse_version,
+    ErrorInput, ErrorNormalisation, Evaluation, ExportRecord, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
+    ModelManifest, OnnxFile, Preprocessing, TensorSpec, TrainingRecord, Validation, is_model_name, parse_version,
 };
+use serde::de::DeserializeOwned;
 
 use crate::onnx::graph::{IR_VERSION, OPSET};
+use crate::onnx::unet::{self, unet_onnx, unet_signature};
 use crate::onnx::vae::{BATCH_AXIS, ERROR, INPUT, RECONSTRUCTION, vae_onnx, vae_signature};
-use crate::run_record::{RunRecord, git_revision};
+use crate::run_record::{CONFIG_FILE, RunRecord, git_revision};
+use crate::training_data::DataConfig;
 use crate::vae::checkpoint::{self, Which};
 use crate::vae::config::NormKind;
 use crate::vae::eval::VaeEvalReport;
 use crate::vae::train::METRICS_FILE;
+use crate::weak::config::WeakConfig;
+use crate::weak::eval::MapMetrics;
+use crate::weak::run::{TEST_METRICS_FILE, VAE_RECORD_FILE, VaeRecord};
+use crate::weak::train::{BEST_MODEL_FILE, LAST_MODEL_FILE};
 
 /// The numbers of `eval-vae`, relative to the run folder.
 pub const EVAL_METRICS: &str = "eval/metrics.json";
+
+/// A note for models with BatchNorm layers.
+const BATCH_NORM_NOTE: &str = "BatchNorm uses the running statistics of training.";
 
 /// What `fracmap-train export` was asked.
 #[derive(Debug, Clone)]
@@ -46,7 +61,7 @@ pub struct ExportRequest {
     pub run: PathBuf,
     /// The model repository.
     pub out: PathBuf,
-    /// The model's name; default: the run's model ("vae").
+    /// The model's name; default: the run's model ("vae", "unet").
     pub name: Option<String>,
     /// Default: one above the highest version there.
     pub version: Option<u64>,
@@ -61,7 +76,7 @@ pub struct Exported {
     pub manifest: ModelManifest,
 }
 
-/// What an architecture's exporter knows that the run folder does not.
+/// What an architecture's exporter knows that the run folder's `run.json` does not.
 struct ArchitectureExport {
     onnx: Vec<u8>,
     architecture: &'static str,
@@ -70,12 +85,16 @@ struct ArchitectureExport {
     outputs: Vec<TensorSpec>,
     preprocessing: Preprocessing,
     error_normalisation: Option<ErrorNormalisation>,
+    error_input: Option<ErrorInput>,
+    mask_threshold: Option<f32>,
     notes: Vec<String>,
-    /// The checkpoint folder exported.
-    checkpoint_dir: PathBuf,
+    /// The checkpoint exported: its folder or file name in the run folder.
+    checkpoint: String,
     /// Epochs trained at the checkpoint, and the best epoch with its validation loss.
     epoch: usize,
     best: Option<(usize, f64)>,
+    /// The run's test-fold numbers, when its report scored these weights.
+    evaluation: Option<Evaluation>,
 }
 
 /// Exports the model of a run into a new version of the repository `request.out`.
@@ -91,18 +110,17 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
     }
     let model = match record.model.as_str() {
         "vae" => export_vae(run, request.checkpoint)?,
-        other => bail!("{}: a {other} run; only vae runs can be exported so far", run.display()),
+        "unet" => export_unet(run, request.checkpoint)?,
+        other => bail!("{}: a {other} run; only vae and unet runs can be exported", run.display()),
     };
-    let checkpoint = model.checkpoint_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let validation = Validation {
-        checkpoint,
+        checkpoint: model.checkpoint,
         selected: request.checkpoint.name().to_string(),
         epoch: model.epoch,
         best_epoch: model.best.map(|(epoch, _)| epoch),
         best_val_loss: model.best.map(|(_, loss)| loss),
         metrics: epoch_metrics(&run.join(METRICS_FILE), model.epoch)?,
     };
-    let evaluation = evaluation(run, request.checkpoint, model.epoch)?;
     let mut manifest = ModelManifest {
         format: MANIFEST_FORMAT,
         name,
@@ -114,6 +132,8 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
         outputs: model.outputs,
         preprocessing: model.preprocessing,
         error_normalisation: model.error_normalisation,
+        error_input: model.error_input,
+        mask_threshold: model.mask_threshold,
         notes: model.notes,
         training: Some(TrainingRecord {
             run: std::path::absolute(run).with_context(|| format!("{}: cannot resolve", run.display()))?,
@@ -127,7 +147,7 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
             started: record.started,
         }),
         validation: Some(validation),
-        evaluation,
+        evaluation: model.evaluation,
         exported: ExportRecord {
             at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             tool: format!("fracmap-train {}", env!("CARGO_PKG_VERSION")),
@@ -166,7 +186,7 @@ fn export_vae(run: &Path, which: Which) -> Result<ArchitectureExport> {
         ),
     ];
     if config.model.norm == NormKind::Batch {
-        notes.push("BatchNorm uses the running statistics of training.".to_string());
+        notes.push(BATCH_NORM_NOTE.to_string());
     }
     Ok(ArchitectureExport {
         onnx,
@@ -174,12 +194,7 @@ fn export_vae(run: &Path, which: Which) -> Result<ArchitectureExport> {
         config: serde_json::to_value(config).context("the VAE configuration as JSON")?,
         inputs,
         outputs,
-        preprocessing: Preprocessing {
-            spacing_mm: config.data.spacing_mm,
-            margin_mm: config.data.margin_mm,
-            hu_window: window,
-            patch: config.model.input_shape,
-        },
+        preprocessing: preprocessing(&config.data, config.model.input_shape),
         error_normalisation: Some(ErrorNormalisation {
             output: ERROR.to_string(),
             definition: format!(
@@ -187,11 +202,116 @@ fn export_vae(run: &Path, which: Which) -> Result<ArchitectureExport> {
             ),
             hu_per_unit: f64::from(window.max() - window.min()),
         }),
+        error_input: None,
+        mask_threshold: None,
         notes,
-        checkpoint_dir,
+        checkpoint: checkpoint_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         epoch: state.epochs_done,
         best: state.best.map(|b| (b.epoch, b.val_loss)),
+        evaluation: vae_evaluation(run, which, state.epochs_done)?,
     })
+}
+
+/// The U-Net of a phase-2 run's `which` model file, as its inference graph, with the VAE
+/// whose error maps it reads and, when `test.json` scored these weights (those of the best
+/// epoch), the run's threshold and test-fold numbers.
+fn export_unet(run: &Path, which: Which) -> Result<ArchitectureExport> {
+    let config_path = run.join(CONFIG_FILE);
+    let config = WeakConfig::load(&config_path).with_context(|| format!("{}: cannot load", config_path.display()))?;
+    // The pipeline, the notes and error_input describe two channels: the CT, the error map.
+    ensure!(
+        config.model.in_channels == 2,
+        "{}: model.in_channels = {}; the pipeline feeds 2 (CT, error map)",
+        config_path.display(),
+        config.model.in_channels
+    );
+    let metrics_path = run.join(METRICS_FILE);
+    let epochs = metrics_rows(&metrics_path)?;
+    let last = epochs
+        .last()
+        .map(|(epoch, _)| *epoch)
+        .with_context(|| format!("{}: no epoch finished yet (missing or without rows)", metrics_path.display()))?;
+    let best = best_epoch(&epochs);
+    let (file, epoch) = match which {
+        Which::Best => {
+            let (epoch, _) = best.with_context(|| format!("{}: no epoch with a val_loss", metrics_path.display()))?;
+            (BEST_MODEL_FILE, epoch)
+        }
+        Which::Last => (LAST_MODEL_FILE, last),
+    };
+    let path = run.join(file);
+    let unet = config
+        .model
+        .load(&path, &Device::flex())
+        .with_context(|| format!("{}: cannot load the U-Net", path.display()))?;
+    let onnx = unet_onnx(&unet).with_context(|| format!("{}: cannot export", path.display()))?;
+    let (inputs, outputs) = unet_signature(&unet);
+
+    let vae_path = run.join(VAE_RECORD_FILE);
+    let vae: VaeRecord = read_json(&vae_path, "a record of the VAE a phase-2 run read")?
+        .with_context(|| format!("{}: missing; the U-Net is of no use without the VAE it read", vae_path.display()))?;
+    // test.json scored the model of the best epoch; the last model is that one when the best
+    // epoch was the last.
+    let test = match best {
+        Some((best_epoch, _)) if best_epoch == epoch => {
+            read_json::<MapMetrics>(&run.join(TEST_METRICS_FILE), "a phase-2 test report")?
+        }
+        _ => None,
+    };
+
+    let mut notes = vec![
+        format!(
+            "Only the {BATCH_AXIS:?} axis is dynamic: the spatial axes are the training patch {:?}, the one patch the \
+             pipeline feeds (the graph itself is fully convolutional).",
+            config.model.input_shape
+        ),
+        format!(
+            "{} channel 0 is the CT crop windowed to [0, 1] (preprocessing); channel 1 is the error map of the paired \
+             VAE (run {}, epoch {}) on the same crop, smoothed and normalised per crop as error_input says: the model \
+             cannot run without that VAE.",
+            unet::INPUT,
+            vae.run.display(),
+            vae.epoch
+        ),
+        format!("The graph ends in a Sigmoid: {} is the fracture probability, not logits.", unet::PROBABILITY),
+    ];
+    notes.push(match (&test, best) {
+        (Some(_), _) => format!("Draft fracture mask: {} >= mask_threshold.", unet::PROBABILITY),
+        (None, Some((best_epoch, _))) if best_epoch != epoch => format!(
+            "No mask_threshold: {TEST_METRICS_FILE} chose one for the weights of the best epoch ({best_epoch}), not \
+             these (epoch {epoch})."
+        ),
+        (None, _) => format!("No mask_threshold: the run has no {TEST_METRICS_FILE} (it did not finish)."),
+    });
+    if config.model.norm == NormKind::Batch {
+        notes.push(BATCH_NORM_NOTE.to_string());
+    }
+    Ok(ArchitectureExport {
+        onnx,
+        architecture: "unet",
+        config: serde_json::to_value(&config).context("the U-Net configuration as JSON")?,
+        inputs,
+        outputs,
+        preprocessing: preprocessing(&config.data, config.model.input_shape),
+        error_normalisation: None,
+        error_input: Some(ErrorInput {
+            vae_run: vae.run,
+            vae_epoch: vae.epoch,
+            error_sigma: config.labels.error_sigma,
+            error_norm: config.labels.error_norm,
+        }),
+        mask_threshold: test.as_ref().map(|t| t.threshold),
+        notes,
+        checkpoint: file.to_string(),
+        epoch,
+        best,
+        evaluation: test.map(|t| unet_evaluation(&t, file, epoch)),
+    })
+}
+
+/// How a CT volume becomes the input of a model of `patch` voxels trained on `data`'s crops.
+fn preprocessing(data: &DataConfig, patch: [usize; 3]) -> Preprocessing {
+    Preprocessing { spacing_mm: data.spacing_mm, margin_mm: data.margin_mm, hu_window: data.window, patch }
 }
 
 /// Claims `<model_dir>/<version>` by creating it: the requested version, which must be new,
@@ -240,12 +360,16 @@ fn write_version(dir: &Path, onnx: &[u8], manifest: &ModelManifest) -> Result<()
     Ok(())
 }
 
-/// The row of `epoch` in a run's `metrics.csv`, column -> value (empty cells, which epochs
-/// without validation have, left out); empty when the file or the row is missing.
-fn epoch_metrics(path: &Path, epoch: usize) -> Result<BTreeMap<String, f64>> {
+/// One row of a run's `metrics.csv`: its epoch and column -> value.
+type EpochRow = (usize, BTreeMap<String, f64>);
+
+/// The rows of a run's `metrics.csv` in file order, each with its epoch and its other columns
+/// (empty cells, which epochs without validation have, and non-finite ones left out: JSON
+/// has no NaN); empty when the file is missing.
+fn metrics_rows(path: &Path) -> Result<Vec<EpochRow>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
     let mut lines = text.lines();
@@ -253,32 +377,61 @@ fn epoch_metrics(path: &Path, epoch: usize) -> Result<BTreeMap<String, f64>> {
     let Some(epoch_column) = header.iter().position(|&c| c == "epoch") else {
         bail!("{}: no epoch column", path.display());
     };
-    let row = lines
-        .map(|line| line.split(',').collect::<Vec<_>>())
-        .find(|cells| cells.get(epoch_column).and_then(|c| c.parse::<usize>().ok()) == Some(epoch));
-    Ok(row
-        .map(|cells| {
-            header
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let cells: Vec<&str> = line.split(',').collect();
+            let cell = cells.get(epoch_column).copied().unwrap_or_default();
+            let epoch = cell
+                .parse::<usize>()
+                .with_context(|| format!("{}: line {}: epoch {cell:?} is not a whole number", path.display(), i + 2))?;
+            let values = header
                 .iter()
-                .zip(cells)
+                .zip(&cells)
                 .filter(|(column, _)| **column != "epoch")
                 .filter_map(|(column, cell)| cell.parse::<f64>().ok().map(|v| (column.to_string(), v)))
-                .collect()
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            Ok((epoch, values))
         })
-        .unwrap_or_default())
+        .collect()
 }
 
-/// The numbers of `eval-vae` (`<run>/eval/metrics.json`) when they scored the exported
-/// checkpoint (same kind and epoch); `None` otherwise.
-fn evaluation(run: &Path, which: Which, epoch: usize) -> Result<Option<Evaluation>> {
-    let path = run.join(EVAL_METRICS);
-    let bytes = match std::fs::read(&path) {
+/// The row of `epoch` in a run's `metrics.csv` (see [`metrics_rows`]); empty when the file or
+/// the row is missing.
+fn epoch_metrics(path: &Path, epoch: usize) -> Result<BTreeMap<String, f64>> {
+    Ok(metrics_rows(path)?.into_iter().find(|(e, _)| *e == epoch).map(|(_, values)| values).unwrap_or_default())
+}
+
+/// The epoch of the lowest `val_loss` and that loss, the first among equals, as the phase-2
+/// trainer keeps its best model; rows without a `val_loss` are passed over.
+fn best_epoch(rows: &[EpochRow]) -> Option<(usize, f64)> {
+    rows.iter().filter_map(|(epoch, values)| values.get("val_loss").map(|&loss| (*epoch, loss))).fold(
+        None,
+        |best, (epoch, loss)| match best {
+            Some((_, lowest)) if lowest <= loss => best,
+            _ => Some((epoch, loss)),
+        },
+    )
+}
+
+/// The JSON file at `path` as a `T` (`what` it should be, for the error); `None` when there
+/// is no such file.
+fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let r: VaeEvalReport =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not an eval-vae metrics file", path.display()))?;
+    serde_json::from_slice(&bytes).map(Some).with_context(|| format!("{}: not {what}", path.display()))
+}
+
+/// The numbers of `eval-vae` (`<run>/eval/metrics.json`) when they scored the exported
+/// checkpoint (same kind and epoch); `None` otherwise.
+fn vae_evaluation(run: &Path, which: Which, epoch: usize) -> Result<Option<Evaluation>> {
+    let Some(r) = read_json::<VaeEvalReport>(&run.join(EVAL_METRICS), "an eval-vae metrics file")? else {
+        return Ok(None);
+    };
     if r.checkpoint != which.name() || r.epoch != epoch {
         return Ok(None);
     }
@@ -303,6 +456,38 @@ fn evaluation(run: &Path, which: Which, epoch: usize) -> Result<Option<Evaluatio
     Ok(Some(Evaluation { report: EVAL_METRICS.to_string(), notes, measures }))
 }
 
+/// The numbers of a phase-2 run's `test.json`, which scored `file` (the model of `epoch`).
+/// Measures are named as the VAE's are, so that the two compare.
+fn unet_evaluation(m: &MapMetrics, file: &str, epoch: usize) -> Evaluation {
+    let notes = vec![
+        format!("the run's test fold (training.test_fold, never trained on); model: {file} (epoch {epoch})"),
+        format!(
+            "draft mask P >= {}: the threshold of the best pooled Dice on the training and validation folds, on a \
+             0.02 grid",
+            m.threshold
+        ),
+        "voxels pooled over the test crops: a normal vertebra without a mask counts as all negative, a fractured one \
+         without a mask is left out"
+            .to_string(),
+        "vertebra score: its highest P; outside_box_mm3: predicted volume outside the fracture box, mean per vertebra"
+            .to_string(),
+    ];
+    let measures = [
+        ("voxel_dice", Some(m.dice)),
+        ("voxel_iou", Some(m.iou)),
+        ("voxel_precision", m.precision),
+        ("voxel_recall", m.recall),
+        ("voxel_pr_auc", m.pr_auc),
+        ("outside_box_mm3", Some(m.outside_box_mm3)),
+        ("vertebra_roc_auc", m.vertebra_auc),
+    ]
+    .into_iter()
+    // JSON has no NaN: a measure without a finite value has none.
+    .map(|(name, value)| (name.to_string(), value.filter(|v| v.is_finite())))
+    .collect();
+    Evaluation { report: TEST_METRICS_FILE.to_string(), notes, measures }
+}
+
 #[cfg(test)]
 mod tests {
     use fracmap_core::model_manifest::Dim;
@@ -311,6 +496,7 @@ mod tests {
     use crate::training_data::FoldSplit;
     use crate::vae::checkpoint::{BestEpoch, TrainState};
     use crate::vae::config::{ModelConfig, VaeConfig};
+    use crate::weak::run::load_frozen_vae;
 
     /// A run folder as `fracmap-train vae` leaves it after 2 epochs (best: epoch 2), with a
     /// tiny untrained VAE.
@@ -393,6 +579,52 @@ mod tests {
         ModelManifest::load(&first.dir.join(MANIFEST_FILE)).unwrap().verify_model(&first.dir).unwrap();
         // The next free version is above the highest, not in a gap.
         assert_eq!(export_run(&request(&run, &out)).unwrap().manifest.version, 5);
+    }
+
+    #[test]
+    fn the_vae_manifest_names_the_run_and_epoch_a_phase_2_run_records() {
+        // A U-Net's error_input is its vae.json, which load_frozen_vae writes; the server
+        // pairs the two manifests on it.
+        let dir = tempfile::tempdir().unwrap();
+        let run = fake_run(dir.path());
+        let (_, _, record) = load_frozen_vae(&run, &Device::flex()).unwrap();
+        let manifest = export_run(&request(&run, &dir.path().join("models"))).unwrap().manifest;
+        assert_eq!(manifest.training.unwrap().run, record.run);
+        assert_eq!(manifest.validation.unwrap().epoch, record.epoch);
+    }
+
+    #[test]
+    fn a_run_of_another_model_is_refused_naming_those_that_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = fake_run(dir.path());
+        let mut record = RunRecord::load(&run).unwrap();
+        record.model = "gan".to_string();
+        record.save(&run, &std::fs::read_to_string(run.join(CONFIG_FILE)).unwrap()).unwrap();
+        let err = export_run(&request(&run, &dir.path().join("models"))).unwrap_err();
+        assert!(err.to_string().contains("a gan run; only vae and unet runs"), "{err}");
+    }
+
+    /// `csv` as a run's `metrics.csv`, read back.
+    fn metrics(csv: &str) -> Result<Vec<EpochRow>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        std::fs::write(&path, csv).unwrap();
+        metrics_rows(&path)
+    }
+
+    #[test]
+    fn the_best_epoch_is_the_first_of_the_lowest_validation_losses() {
+        let rows = metrics("epoch,train_loss,val_loss\n1,0.9,0.5\n2,0.8,0.3\n3,0.7,0.3\n4,0.6,\n5,0.5,NaN\n").unwrap();
+        assert_eq!(best_epoch(&rows), Some((2, 0.3)));
+        // Empty and non-finite cells are left out (JSON has no NaN).
+        assert_eq!(rows[3].1.keys().collect::<Vec<_>>(), ["train_loss"]);
+        assert_eq!(rows[4].1.keys().collect::<Vec<_>>(), ["train_loss"]);
+    }
+
+    #[test]
+    fn a_row_without_a_whole_epoch_is_refused_by_its_line() {
+        let err = metrics("epoch,val_loss\n1,0.5\n2.5,0.4\n").unwrap_err();
+        assert!(err.to_string().contains("line 3: epoch \"2.5\""), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod preprocess;
 pub mod pseudo_label;
 pub mod render;
 pub mod scene;
+pub mod smoothing;
 pub mod volume;
 
 pub use error_norm::{ErrorNorm, ErrorNormError};

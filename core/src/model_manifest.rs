@@ -162,8 +162,8 @@ pub struct ErrorNormalisation {
 /// 1. `E = |X - X_hat|`: the error output of the paired VAE (its manifest's
 ///    `error_normalisation.output`), the VAE of run `vae_run` at epoch `vae_epoch`, run on the
 ///    same crop (so the two manifests' `preprocessing` are equal);
-/// 2. when `error_sigma > 0`, `E` blurred by a separable Gaussian of `error_sigma` voxels
-///    (kernel cut at 3 sigma and normalised to sum 1, edge voxels repeated beyond the border);
+/// 2. when `error_sigma > 0`, `E` blurred by
+///    [`gaussian_smooth`](crate::smoothing::gaussian_smooth) with `error_sigma` voxels;
 /// 3. `E` scaled to `[0, 1]` on the crop's own statistics by
 ///    [`normalise_error`](crate::error_norm::normalise_error) with `error_norm`.
 ///

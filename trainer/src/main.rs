@@ -234,7 +234,7 @@ enum Command {
     /// Export a run's model to ONNX with its manifest, as a new version in a model repository:
     /// <out>/<name>/<version>/model.onnx and manifest.json (what the server loads).
     Export {
-        /// The run folder (of `fracmap-train vae`).
+        /// The run folder (of `fracmap-train vae` or `fracmap-train weak`).
         #[arg(long)]
         run: PathBuf,
         /// The model repository folder (created), e.g. models/.

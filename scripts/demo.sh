@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine: install what is missing, build, generate a
 # small phantom dataset, check it, cut and cache vertebra crops, draw the cases, train and
-# evaluate the quick VAE, export it to a model repository, then start the inference server
+# evaluate the quick VAE, train the weak U-Net on its error maps from fracture boxes, export
+# both to a model repository, then start the inference server
 # on that repository and ask it what it runs.
 # Everything lands in runs/demo/ (a new run replaces the previous one).
 set -euo pipefail
@@ -32,9 +33,13 @@ rm -rf "$out/vae"
 "$bin/fracmap-train" vae --config configs/vae_quick.toml --data "$out/data/manifest.json" --fold 0 --out "$out/vae"
 "$bin/fracmap-train" eval-vae --run "$out/vae" --pictures 4
 
-step "export: the VAE as ONNX with its manifest, into the model repository $out/models"
+step "weak: the phase-2 U-Net from fracture boxes, on the VAE's error maps; test-fold numbers and draft masks"
+rm -rf "$out/weak_box"
+"$bin/fracmap-train" weak --config configs/weak_box.toml --data "$out/data/manifest.json" --vae "$out/vae" --fold 0 --out "$out/weak_box"
+step "export: the VAE and the U-Net as ONNX with their manifests, into the model repository $out/models"
 rm -rf "$out/models"
 "$bin/fracmap-train" export --run "$out/vae" --out "$out/models"
+"$bin/fracmap-train" export --run "$out/weak_box" --out "$out/models" --name unet_box
 
 step "server: start on the model repository, ask what it runs, stop"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -23,6 +23,7 @@ pub mod preprocess;
 pub mod pseudo_label;
 pub mod render;
 pub mod scene;
+pub mod sliding_window;
 pub mod smoothing;
 pub mod volume;
 

@@ -8,21 +8,20 @@
 // rather than copied.
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
+mod ort_support;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fracmap_trainer::onnx::vae::{ERROR, INPUT, RECONSTRUCTION, vae_onnx};
 use fracmap_trainer::vae::config::{ModelConfig, NormKind, VaeConfig};
 use fracmap_trainer::vae::model::Vae;
-use ort::environment::Environment;
+
 use ort::session::Session;
 use ort::value::TensorRef;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use ort_support::{max_abs_difference, session};
 
 /// Largest absolute difference allowed between ONNX Runtime and Burn, in the input's
 /// `[0, 1]` units, on any voxel of either output. Both run float32 with different
@@ -53,55 +52,13 @@ fn non_cubic(norm: NormKind) -> ModelConfig {
     }
 }
 
-/// Draws every one-dimensional tensor of a module (biases, norm scales and shifts, BatchNorm
-/// running statistics) from `[0.5, 1.5)`: fresh ones are all 0 or all 1, which would hide a
-/// mix-up between them, and a variance must stay positive.
-struct VaryOneDimensional(ChaCha8Rng);
-
-impl ModuleMapper for VaryOneDimensional {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if D != 1 {
-            return param;
-        }
-        let (id, tensor, mapper) = param.consume();
-        let values: Vec<f32> = (0..tensor.shape().num_elements()).map(|_| self.0.random_range(0.5..1.5)).collect();
-        let varied = Tensor::from_data(TensorData::new(values, tensor.shape()), &tensor.device());
-        Param::from_mapped_value(id, varied, mapper)
-    }
-}
-
 fn varied_vae(config: &ModelConfig, seed: u64) -> Vae {
-    config.init(&Device::flex(), seed).map(&mut VaryOneDimensional(ChaCha8Rng::seed_from_u64(seed)))
+    ort_support::varied(config.init(&Device::flex(), seed), seed)
 }
 
 /// `batch` crops of `shape` `[z, y, x]`, uniform in `[0, 1)`, flattened `[batch, 1, z, y, x]`.
 fn random_crops(batch: usize, shape: [usize; 3], seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..batch * shape.iter().product::<usize>()).map(|_| rng.random::<f32>()).collect()
-}
-
-/// The process's one ONNX Runtime environment, on the library of `ORT_DYLIB_PATH`.
-fn environment() -> &'static Environment {
-    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
-    ENVIRONMENT.get_or_init(|| {
-        let library = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("ORT_DYLIB_PATH is not set: {}", common::SETUP_HINT));
-        ort::init_from(&library)
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}; {}", library.display(), common::SETUP_HINT))
-            .with_name("onnx_parity")
-            .build()
-            .expect("an ONNX Runtime environment")
-    })
-}
-
-fn session(onnx: &[u8]) -> Session {
-    Session::builder(environment())
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .commit_from_memory(onnx)
-        .expect("ONNX Runtime loads the exported model")
+    ort_support::uniform(batch * shape.iter().product::<usize>(), seed)
 }
 
 /// Burn's `(reconstruction, error)` of `crops`, flattened.
@@ -123,11 +80,6 @@ fn ort_outputs(session: &mut Session, crops: &[f32], batch: usize, shape: [usize
         values.to_vec()
     };
     (flat(RECONSTRUCTION), flat(ERROR))
-}
-
-fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Largest difference between Burn and ONNX Runtime over both outputs, at each batch size

@@ -7,9 +7,9 @@
 // core's runner of `scripts/py` references, for its setup hint.
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
+mod ort_support;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use burn::prelude::*;
 use fracmap_core::ErrorNorm;
@@ -24,11 +24,7 @@ use fracmap_trainer::weak::eval::MapMetrics;
 use fracmap_trainer::weak::model::{UNet, UNetConfig};
 use fracmap_trainer::weak::run::{TEST_METRICS_FILE, VAE_RECORD_FILE, VaeRecord};
 use fracmap_trainer::weak::train::{BEST_MODEL_FILE, LAST_MODEL_FILE, METRICS_FILE, save_model, term_names};
-use ort::environment::Environment;
-use ort::session::Session;
 use ort::value::TensorRef;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// Largest absolute difference allowed between ONNX Runtime and Burn on a probability, as in
 /// `unet_onnx_parity.rs`: both run float32 with different summation orders.
@@ -102,44 +98,23 @@ fn export(run: &Path, out: &Path, checkpoint: Which) -> Exported {
     export_run(&request(run, out, checkpoint)).unwrap()
 }
 
-/// The process's one ONNX Runtime environment, on the library of `ORT_DYLIB_PATH`.
-fn environment() -> &'static Environment {
-    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
-    ENVIRONMENT.get_or_init(|| {
-        let library = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("ORT_DYLIB_PATH is not set: {}", common::SETUP_HINT));
-        ort::init_from(&library)
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}; {}", library.display(), common::SETUP_HINT))
-            .with_name("unet_export")
-            .build()
-            .expect("an ONNX Runtime environment")
-    })
-}
-
 /// Largest difference between Burn's `unet` and ONNX Runtime's run of `model_file` on a
 /// random batch of 2 patches in `[0, 1)`.
 fn largest_difference(unet: &UNet, model_file: &Path) -> f32 {
     let [d, h, w] = PATCH;
     let shape = [2, 2, d, h, w];
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let patches: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random::<f32>()).collect();
+    let patches = ort_support::uniform(shape.iter().product::<usize>(), 5);
     let burn = unet
         .probability(Tensor::<1>::from_floats(patches.as_slice(), &Device::flex()).reshape(shape))
         .into_data()
         .try_to_vec::<f32>()
         .unwrap();
-    let mut session = Session::builder(environment())
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .commit_from_file(model_file)
-        .expect("ONNX Runtime loads the exported model");
+    let mut session = ort_support::session_from_file(model_file);
     let input = TensorRef::from_array_view((shape, patches.as_slice())).unwrap();
     let outputs = session.run(ort::inputs![INPUT => input]).unwrap();
     let (dims, ort) = outputs[PROBABILITY].try_extract_tensor::<f32>().unwrap();
     assert_eq!(dims.to_vec(), [2, 1, d, h, w].map(|n| n as i64));
-    burn.iter().zip(ort).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    ort_support::max_abs_difference(&burn, ort)
 }
 
 #[test]

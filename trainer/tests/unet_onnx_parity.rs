@@ -8,21 +8,20 @@
 // rather than copied.
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
+mod ort_support;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fracmap_trainer::onnx::unet::{INPUT, PROBABILITY, unet_onnx};
 use fracmap_trainer::vae::config::NormKind;
 use fracmap_trainer::weak::model::{UNet, UNetConfig};
-use ort::environment::Environment;
+
 use ort::session::Session;
 use ort::value::TensorRef;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use ort_support::{max_abs_difference, session};
 
 /// Largest absolute difference allowed between ONNX Runtime and Burn on any voxel's
 /// probability. Both run float32 with different convolution algorithms and summation
@@ -48,55 +47,13 @@ fn deep(norm: NormKind) -> UNetConfig {
     UNetConfig { input_shape: [16; 3], levels: 4, ..non_cubic(norm) }
 }
 
-/// Draws every one-dimensional tensor of a module (biases, norm scales and shifts, BatchNorm
-/// running statistics) from `[0.5, 1.5)`: fresh ones are all 0 or all 1, which would hide a
-/// mix-up between them, and a variance must stay positive.
-struct VaryOneDimensional(ChaCha8Rng);
-
-impl ModuleMapper for VaryOneDimensional {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if D != 1 {
-            return param;
-        }
-        let (id, tensor, mapper) = param.consume();
-        let values: Vec<f32> = (0..tensor.shape().num_elements()).map(|_| self.0.random_range(0.5..1.5)).collect();
-        let varied = Tensor::from_data(TensorData::new(values, tensor.shape()), &tensor.device());
-        Param::from_mapped_value(id, varied, mapper)
-    }
-}
-
 fn varied_unet(config: &UNetConfig, seed: u64) -> UNet {
-    config.init(&Device::flex(), seed).map(&mut VaryOneDimensional(ChaCha8Rng::seed_from_u64(seed)))
+    ort_support::varied(config.init(&Device::flex(), seed), seed)
 }
 
 /// `batch` patches of `[channels, z, y, x]`, uniform in `[0, 1)`, flattened.
 fn random_patches(batch: usize, channels: usize, shape: [usize; 3], seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..batch * channels * shape.iter().product::<usize>()).map(|_| rng.random::<f32>()).collect()
-}
-
-/// The process's one ONNX Runtime environment, on the library of `ORT_DYLIB_PATH`.
-fn environment() -> &'static Environment {
-    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
-    ENVIRONMENT.get_or_init(|| {
-        let library = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("ORT_DYLIB_PATH is not set: {}", common::SETUP_HINT));
-        ort::init_from(&library)
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}; {}", library.display(), common::SETUP_HINT))
-            .with_name("unet_onnx_parity")
-            .build()
-            .expect("an ONNX Runtime environment")
-    })
-}
-
-fn session(onnx: &[u8]) -> Session {
-    Session::builder(environment())
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .commit_from_memory(onnx)
-        .expect("ONNX Runtime loads the exported model")
+    ort_support::uniform(batch * channels * shape.iter().product::<usize>(), seed)
 }
 
 /// Burn's probabilities of `patches`, flattened.
@@ -114,11 +71,6 @@ fn ort_probability(session: &mut Session, unet: &UNet, patches: &[f32], batch: u
     let (dims, values) = outputs[PROBABILITY].try_extract_tensor::<f32>().unwrap();
     assert_eq!(dims.to_vec(), [batch, 1, d, h, w].map(|n| n as i64));
     values.to_vec()
-}
-
-fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Largest difference between Burn and ONNX Runtime, at each batch size of [`BATCHES`], for

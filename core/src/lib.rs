@@ -25,6 +25,7 @@ pub mod render;
 pub mod scene;
 pub mod sliding_window;
 pub mod smoothing;
+pub mod vertebra_crop;
 pub mod volume;
 
 pub use error_norm::{ErrorNorm, ErrorNormError};

@@ -2,12 +2,11 @@
 //! and brought to one patch shape, with its weak-label masks on the same grid, cached on disk
 //! so that training never re-reads a whole NIfTI.
 //!
-//! The way of one crop, every step a `core::preprocess` function, so the affine follows the
-//! voxels and anything written on a crop's grid overlays the source CT in a viewer:
-//! body box + `margin_mm` ([`crop_around_box`]; past the volume's edge -1000 HU, 0 for masks)
-//! -> [`resample`] to `spacing_mm` (linear for the CT, nearest for masks) -> [`crop_or_pad_to`]
-//! `patch`, centred (a vertebra larger than the patch loses its outer parts and is flagged
-//! [`CropEntry::oversize`]).
+//! The way of one crop is core's [`cut_vertebra`], which the server calls too: body box +
+//! `margin_mm` (past the volume's edge -1000 HU, 0 for masks) -> resample to `spacing_mm`
+//! (linear for the CT, nearest for masks) -> crop or pad to `patch`, centred (a vertebra larger
+//! than the patch loses its outer parts and is flagged [`CropEntry::oversize`]). The affine
+//! follows the voxels, so anything written on a crop's grid overlays the source CT in a viewer.
 //!
 //! Masks per crop, each built on the cut's grid (the source grid, reaching past its edges like
 //! the cut) and taken through the same resample and crop as the CT:
@@ -30,9 +29,11 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context, Result, bail, ensure};
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::nifti_io::{NiftiDtype, read_volume, write_mask, write_volume};
-use fracmap_core::preprocess::{crop_around_box, crop_or_pad_to, cut, mask_to_volume, resample, volume_to_mask};
+use fracmap_core::preprocess::volume_to_mask;
+use fracmap_core::vertebra_crop::cut_vertebra;
+pub use fracmap_core::vertebra_crop::{CropSpec, CropSpecError};
 use fracmap_core::volume::Affine;
-use fracmap_core::{Box3, CropRegion, Grid, Interpolation, Mask, Volume};
+use fracmap_core::{Box3, CropRegion, Grid, Mask, Volume};
 use ndarray::{Axis, s};
 use serde::{Deserialize, Serialize};
 
@@ -50,82 +51,6 @@ const SLICE_IN_FILE: &str = "slice_in.nii";
 const TRUTH_FILE: &str = "truth.nii";
 /// What the CT holds beyond the scanned volume.
 const AIR_HU: f32 = -1000.0;
-
-/// How vertebrae are cut: the voxel spacing and patch shape of every crop, and the context
-/// kept around the vertebral body. Validated when read from configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "CropSpecFields")]
-pub struct CropSpec {
-    /// Voxel spacing of the crops in mm, `[z, y, x]`.
-    pub spacing_mm: [f64; 3],
-    /// Crop shape in voxels, `[z, y, x]`: every crop has exactly this shape.
-    pub patch: [usize; 3],
-    /// Context kept around the body box on every side, in mm (rounded up to source voxels).
-    pub margin_mm: f64,
-}
-
-impl Default for CropSpec {
-    fn default() -> Self {
-        CropSpec { spacing_mm: [1.0; 3], patch: [64; 3], margin_mm: 6.0 }
-    }
-}
-
-/// What configuration holds; every field may be left out. Checked by `TryFrom`.
-#[derive(Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct CropSpecFields {
-    spacing_mm: [f64; 3],
-    patch: [usize; 3],
-    margin_mm: f64,
-}
-
-impl Default for CropSpecFields {
-    fn default() -> Self {
-        let CropSpec { spacing_mm, patch, margin_mm } = CropSpec::default();
-        CropSpecFields { spacing_mm, patch, margin_mm }
-    }
-}
-
-impl TryFrom<CropSpecFields> for CropSpec {
-    type Error = CropSpecError;
-
-    fn try_from(fields: CropSpecFields) -> Result<Self, Self::Error> {
-        let spec = CropSpec { spacing_mm: fields.spacing_mm, patch: fields.patch, margin_mm: fields.margin_mm };
-        spec.validate()?;
-        Ok(spec)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CropSpecError {
-    #[error("crop spacing_mm must be finite and positive, got [z, y, x] = {0:?}")]
-    BadSpacing([f64; 3]),
-    #[error("crop patch [z, y, x] = {0:?} has an empty axis")]
-    EmptyPatch([usize; 3]),
-    #[error("crop margin_mm must be finite and not negative, got {0}")]
-    BadMargin(f64),
-}
-
-impl CropSpec {
-    pub fn validate(&self) -> Result<(), CropSpecError> {
-        if self.spacing_mm.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(CropSpecError::BadSpacing(self.spacing_mm));
-        }
-        if self.patch.contains(&0) {
-            return Err(CropSpecError::EmptyPatch(self.patch));
-        }
-        if !self.margin_mm.is_finite() || self.margin_mm < 0.0 {
-            return Err(CropSpecError::BadMargin(self.margin_mm));
-        }
-        Ok(())
-    }
-
-    /// The margin in voxels of a source with `spacing` (mm, `[z, y, x]`), rounded up so that
-    /// at least `margin_mm` of context is kept (a hair of tolerance keeps 6 mm / 1.5 mm at 4).
-    fn margin_voxels(&self, spacing: [f64; 3]) -> [usize; 3] {
-        spacing.map(|s| (self.margin_mm / s - 1e-9).ceil().max(0.0) as usize)
-    }
-}
 
 /// A voxel grid as the index stores it (see [`Grid`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -187,10 +112,9 @@ pub struct CropFiles {
 /// One vertebra's crop: who it is (copied from the manifest), where its files are, and how
 /// its grid relates to the source CT.
 ///
-/// To put a prediction made on the crop back: `resample_to_grid(prediction, &cut_grid, ..)`
-/// gives it on the cut region, whose voxel `[0, 0, 0]` is source voxel `cut.origin` (paste
-/// the part inside the source); or resample straight onto `source` (simple, but as large as
-/// the whole CT).
+/// Its geometry is a [`VertebraCrop`](fracmap_core::vertebra_crop::VertebraCrop)'s (`source`,
+/// `cut` as `region`, `cut_grid`, `resampled_shape`, and `grid` for the crop's CT), whose
+/// `paste_back` puts a prediction made on the crop back onto the source CT's grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CropEntry {
@@ -479,10 +403,8 @@ fn crop_vertebra(
     out: &Path,
 ) -> Result<CropEntry> {
     let body = vertebra.body_box.to_box3()?;
-    let (ct_cut, region) = crop_around_box(ct, &body, spec.margin_voxels(ct.spacing()), AIR_HU)?;
-    let resampled = resample(&ct_cut, spec.spacing_mm, Interpolation::Linear)?;
-    let ct_crop = crop_or_pad_to(&resampled, spec.patch, AIR_HU)?;
-    let cut_grid = ct_cut.grid();
+    let crop = cut_vertebra(ct, &body, spec, AIR_HU)?;
+    let region = crop.region;
 
     let fracture_boxes = vertebra.fracture_boxes.iter().map(|b| b.to_box3()).collect::<Result<Vec<_>, _>>()?;
     let box_in = region_mask(region.shape, fracture_boxes.iter().filter_map(|b| region.local_box(b)));
@@ -492,17 +414,17 @@ fn crop_vertebra(
         Box3::new([local.start(), 0, 0], [local.end(), region.shape[1], region.shape[2]]).ok()
     });
     let slice_in = region_mask(region.shape, slices);
-    let box_in = mask_to_crop(&box_in, &cut_grid, spec)?;
-    let slice_in = whole_slices(mask_to_crop(&slice_in, &cut_grid, spec)?);
-    let truth = truth.map(|mask| cut(mask, &region, 0.0).and_then(|c| volume_to_crop(&c, spec))).transpose()?;
+    let box_in = crop.mask_on_cut_to_crop(&box_in)?;
+    let slice_in = whole_slices(crop.mask_on_cut_to_crop(&slice_in)?);
+    let truth = truth.map(|mask| crop.cut_mask(mask)).transpose()?;
 
     let dir = format!("{}_{}", case.id, vertebra.level);
     let folder = out.join(&dir);
     std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create", folder.display()))?;
-    let grid = ct_crop.grid();
+    let grid = crop.ct.grid();
     // int16 holds every HU a scanner writes; clamping only keeps a stray value from failing.
-    let hu = ct_crop.data().mapv(|v| v.clamp(f32::from(i16::MIN), f32::from(i16::MAX)));
-    write_volume(&folder.join(CT_FILE), &ct_crop.with_data(hu)?, NiftiDtype::I16)?;
+    let hu = crop.ct.data().mapv(|v| v.clamp(f32::from(i16::MIN), f32::from(i16::MAX)));
+    write_volume(&folder.join(CT_FILE), &crop.ct.with_data(hu)?, NiftiDtype::I16)?;
     write_mask(&folder.join(BOX_IN_FILE), &box_in, &grid)?;
     write_mask(&folder.join(SLICE_IN_FILE), &slice_in, &grid)?;
     if let Some(truth) = &truth {
@@ -526,13 +448,13 @@ fn crop_vertebra(
             slice_in: SLICE_IN_FILE.to_string(),
             truth: truth.as_ref().map(|_| TRUTH_FILE.to_string()),
         },
-        source: ct.grid().into(),
+        source: crop.source.into(),
         body_box: vertebra.body_box,
         cut: region.into(),
-        cut_grid: cut_grid.into(),
-        resampled_shape: resampled.shape(),
+        cut_grid: crop.cut_grid.into(),
+        resampled_shape: crop.resampled_shape,
         grid: grid.into(),
-        oversize: (0..3).any(|a| resampled.shape()[a] > spec.patch[a]),
+        oversize: crop.oversize(),
         box_in_voxels: count(&box_in),
         slice_in_voxels: count(&slice_in),
         truth_voxels: truth.as_ref().map(count),
@@ -547,17 +469,6 @@ fn region_mask(shape: [usize; 3], boxes: impl Iterator<Item = Box3>) -> Mask {
         mask.slice_mut(s![z, y, x]).fill(true);
     }
     mask
-}
-
-/// A mask on the cut's grid taken to the crop's: nearest resample, crop or pad with 0.
-fn mask_to_crop(mask: &Mask, cut_grid: &Grid, spec: &CropSpec) -> Result<Mask> {
-    Ok(volume_to_crop(&mask_to_volume(mask, cut_grid)?, spec)?)
-}
-
-/// A 0/1 (or label) volume on the cut's grid to a mask on the crop's grid.
-fn volume_to_crop(volume: &Volume, spec: &CropSpec) -> Result<Mask, fracmap_core::PreprocessError> {
-    let resampled = resample(volume, spec.spacing_mm, Interpolation::Nearest)?;
-    Ok(volume_to_mask(&crop_or_pad_to(&resampled, spec.patch, 0.0)?, 0.5))
 }
 
 /// Every axial slice that holds any voxel, filled: a slice label marks whole slices of the
@@ -576,7 +487,8 @@ fn whole_slices(mut mask: Mask) -> Mask {
 mod tests {
     use std::sync::Mutex;
 
-    use fracmap_core::preprocess::resample_to_grid;
+    use fracmap_core::Interpolation;
+    use fracmap_core::preprocess::{cut, resample_to_grid};
     use fracmap_core::volume::spacing_affine;
     use ndarray::Array3;
 
@@ -933,17 +845,5 @@ mod tests {
         assert_eq!(calls, vec![(1, 3), (2, 3), (3, 3)]);
         let order: Vec<_> = index.crops.iter().map(|c| c.dir.as_str()).collect();
         assert_eq!(order, ["a_T12", "a_L1", "b_L1", "c_L1"]);
-    }
-
-    #[test]
-    fn spec_has_defaults_and_rejects_bad_values() {
-        let spec: CropSpec = serde_json::from_str("{}").unwrap();
-        assert_eq!(spec, CropSpec { spacing_mm: [1.0; 3], patch: [64; 3], margin_mm: 6.0 });
-        let bad = |json: &str| serde_json::from_str::<CropSpec>(json).unwrap_err().to_string();
-        assert!(bad(r#"{"patch": [64, 0, 64]}"#).contains("patch [z, y, x] = [64, 0, 64] has an empty axis"));
-        assert!(bad(r#"{"spacing_mm": [1, -1, 1]}"#).contains("spacing_mm must be finite and positive"));
-        assert!(bad(r#"{"margin_mm": -2}"#).contains("margin_mm must be finite and not negative"));
-        assert!(bad(r#"{"margin": 2}"#).contains("unknown field"));
-        assert_eq!(CropSpec { margin_mm: 6.0, ..CropSpec::default() }.margin_voxels([1.5, 0.7, 2.0]), [4, 9, 3]);
     }
 }

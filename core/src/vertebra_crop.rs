@@ -133,6 +133,10 @@ impl From<VolumeError> for VertebraCropError {
     }
 }
 
+/// What a CT holds beyond the scanned volume, HU (air): the `fill` the trainer's crop cache
+/// and the server's pipeline both cut vertebrae with.
+pub const AIR_HU: f32 = -1000.0;
+
 /// One vertebra cut out of a CT ([`cut_vertebra`]), and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VertebraCrop {
@@ -171,7 +175,7 @@ pub struct PastedPrediction {
 
 /// Cuts the vertebra whose body box is `body_box` (source voxels, `[z, y, x]`, half-open,
 /// inside the CT) out of `ct` as `spec` says (module doc), with `fill` past the CT's edges and
-/// in the patch's padding (the trainer and the server: -1000 HU, air).
+/// in the patch's padding (the trainer and the server: [`AIR_HU`]).
 pub fn cut_vertebra(
     ct: &Volume,
     body_box: &Box3,
@@ -258,8 +262,6 @@ mod tests {
     use crate::preprocess::HuWindow;
     use crate::volume::Affine;
 
-    /// What the CT holds past its edges in these tests.
-    const AIR: f32 = -1000.0;
     const SHAPE: [usize; 3] = [20, 24, 28];
 
     /// x and y swapped (one flipped) against the world's axes, spacing `[z, y, x]` mm, an origin.
@@ -338,11 +340,11 @@ mod tests {
         // cached crop (and must bump the cache's version).
         let ct = smooth_ct([2.0, 0.8, 1.1]);
         let spec = CropSpec { spacing_mm: [1.3, 1.0, 0.9], patch: [15, 16, 21], margin_mm: 3.0 };
-        let (cut, region) = crop_around_box(&ct, &body_box(), spec.margin_voxels(ct.spacing()), AIR).unwrap();
+        let (cut, region) = crop_around_box(&ct, &body_box(), spec.margin_voxels(ct.spacing()), AIR_HU).unwrap();
         let resampled = resample(&cut, spec.spacing_mm, Interpolation::Linear).unwrap();
-        let expected = crop_or_pad_to(&resampled, spec.patch, AIR).unwrap();
+        let expected = crop_or_pad_to(&resampled, spec.patch, AIR_HU).unwrap();
 
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         assert_eq!(crop.ct, expected);
         assert_eq!((crop.region, crop.cut_grid, crop.resampled_shape), (region, cut.grid(), resampled.shape()));
         assert_eq!(crop.source, ct.grid());
@@ -352,7 +354,7 @@ mod tests {
     fn masks_are_what_the_preprocess_steps_give() {
         let ct = smooth_ct([2.0, 0.8, 1.1]);
         let spec = CropSpec { spacing_mm: [1.3, 1.0, 0.9], patch: [15, 16, 21], margin_mm: 3.0 };
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         let to_crop = |on_cut: &Volume| {
             let resampled = resample(on_cut, spec.spacing_mm, Interpolation::Nearest).unwrap();
             volume_to_mask(&crop_or_pad_to(&resampled, spec.patch, 0.0).unwrap(), 0.5)
@@ -380,7 +382,7 @@ mod tests {
         // the patch's centre where the patch crops, after it where the patch pads.
         for (patch, off_by_half) in [([20, 16, 15], [0.0; 3]), ([21, 15, 16], [0.5, -0.5, 0.5])] {
             let spec = CropSpec { spacing_mm: [1.0, 1.0, 0.9], patch, margin_mm: 3.0 };
-            let crop = cut_vertebra(&ct, &body, &spec, AIR).unwrap();
+            let crop = cut_vertebra(&ct, &body, &spec, AIR_HU).unwrap();
             assert_eq!(crop.resampled_shape, [24, 14, 21]);
             assert_eq!(crop.ct.shape(), patch);
             let crop_centre =
@@ -394,14 +396,14 @@ mod tests {
     fn body_box_outside_the_ct_is_refused() {
         let ct = smooth_ct([1.0; 3]);
         let outside = Box3::new([6, 8, 20], [14, 17, 30]).unwrap();
-        let error = cut_vertebra(&ct, &outside, &CropSpec::default(), AIR).unwrap_err();
+        let error = cut_vertebra(&ct, &outside, &CropSpec::default(), AIR_HU).unwrap_err();
         assert_eq!(error.to_string(), "body box outside the CT: box x 20..30 outside volume width 28");
     }
 
     #[test]
     fn prediction_of_another_shape_is_refused() {
         let spec = CropSpec { spacing_mm: [1.0; 3], patch: [16, 16, 16], margin_mm: 2.0 };
-        let crop = cut_vertebra(&smooth_ct([1.0; 3]), &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&smooth_ct([1.0; 3]), &body_box(), &spec, AIR_HU).unwrap();
         let error = crop.paste_back(Array3::zeros((16, 16, 8)).view()).unwrap_err();
         assert_eq!(error, VertebraCropError::PredictionShape { prediction: [16, 16, 8], patch: [16, 16, 16] });
     }
@@ -411,7 +413,7 @@ mod tests {
         // Cut 12 x 13 x 15 voxels; the patch pads every axis, and padding is dropped on the way back.
         let ct = smooth_ct([1.5; 3]);
         let spec = CropSpec { spacing_mm: [1.5; 3], patch: [16, 16, 18], margin_mm: 3.0 };
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         let pasted = crop.paste_back(crop.ct.data().view()).unwrap();
         assert_eq!(pasted.region, Box3::new([4, 6, 7], [16, 19, 22]).unwrap());
         assert_eq!(pasted.values, source_part(&ct, &pasted.region));
@@ -427,7 +429,7 @@ mod tests {
         // order instead, a fraction of a voxel times the gradient (up to 30 HU/mm): a few HU.
         let ct = smooth_ct([2.0, 0.8, 1.1]);
         let spec = CropSpec { spacing_mm: [1.3, 1.0, 0.9], patch: [32, 32, 32], margin_mm: 3.0 };
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         let pasted = crop.paste_back(crop.ct.data().view()).unwrap();
         assert_eq!(pasted.region, Box3::new([4, 4, 6], [16, 21, 23]).unwrap());
         assert!(pasted.weight.iter().all(|&w| w == 1.0));
@@ -446,9 +448,9 @@ mod tests {
         let ct = smooth_ct([1.0; 3]);
         let corner = Box3::new([0, 0, 0], [6, 8, 10]).unwrap();
         let spec = CropSpec { spacing_mm: [1.0; 3], patch: [12, 14, 16], margin_mm: 3.0 };
-        let crop = cut_vertebra(&ct, &corner, &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &corner, &spec, AIR_HU).unwrap();
         assert_eq!(crop.region, CropRegion { origin: [-3; 3], shape: [12, 14, 16] });
-        assert!(crop.ct.data().slice(s![0..3, .., ..]).iter().all(|&hu| hu == AIR));
+        assert!(crop.ct.data().slice(s![0..3, .., ..]).iter().all(|&hu| hu == AIR_HU));
         let pasted = crop.paste_back(crop.ct.data().view()).unwrap();
         assert_eq!(pasted.region, Box3::new([0; 3], [9, 11, 13]).unwrap());
         assert_eq!(pasted.values, source_part(&ct, &pasted.region));
@@ -460,7 +462,7 @@ mod tests {
         // cut y 3..10 and x 0..14 are predicted (the odd voxel is cut at the end), the rest not.
         let ct = smooth_ct([1.0; 3]);
         let spec = CropSpec { spacing_mm: [1.0; 3], patch: [12, 7, 14], margin_mm: 2.0 };
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         assert_eq!((crop.region.shape, crop.oversize()), ([12, 13, 15], true));
         let pasted = crop.paste_back(crop.ct.data().view()).unwrap();
         assert_eq!(pasted.region.shape(), [12, 13, 15]);
@@ -477,7 +479,7 @@ mod tests {
     fn oversize_weights_are_fractions_on_the_border_at_another_spacing() {
         let ct = smooth_ct([2.0, 0.8, 1.1]);
         let spec = CropSpec { spacing_mm: [1.3, 1.0, 0.9], patch: [20, 10, 20], margin_mm: 3.0 };
-        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR).unwrap();
+        let crop = cut_vertebra(&ct, &body_box(), &spec, AIR_HU).unwrap();
         assert!(crop.oversize());
         let pasted = crop.paste_back(crop.ct.data().view()).unwrap();
         assert!(pasted.weight.iter().all(|&w| (0.0..=1.0).contains(&w)));

@@ -4,12 +4,14 @@
 //! - [`runtime`]: loading ONNX Runtime, choosing the execution provider, creating sessions.
 //! - [`repository`]: the model repository, `models/<name>/<version>/`, checked against its manifests.
 //! - [`models`]: the repository's models loaded into sessions and checked against their manifests.
+//! - [`pipeline`]: a CT and its vertebrae to a fracture probability map, draft mask and figures.
 //! - [`service`]: the `fracmap.v1.Fracmap` gRPC service.
 //! - [`server`]: configuration and [`server::serve`], which runs the service beside the
 //!   standard health and reflection services until told to stop.
 //! - [`proto`]: the code generated from `proto/fracmap/v1/fracmap.proto`.
 
 pub mod models;
+pub mod pipeline;
 pub mod repository;
 pub mod runtime;
 pub mod server;

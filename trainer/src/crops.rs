@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::nifti_io::{NiftiDtype, read_volume, write_mask, write_volume};
 use fracmap_core::preprocess::volume_to_mask;
-use fracmap_core::vertebra_crop::cut_vertebra;
+use fracmap_core::vertebra_crop::{AIR_HU, cut_vertebra};
 pub use fracmap_core::vertebra_crop::{CropSpec, CropSpecError};
 use fracmap_core::volume::Affine;
 use fracmap_core::{Box3, CropRegion, Grid, Mask, Volume};
@@ -49,8 +49,6 @@ const CT_FILE: &str = "ct.nii";
 const BOX_IN_FILE: &str = "box_in.nii";
 const SLICE_IN_FILE: &str = "slice_in.nii";
 const TRUTH_FILE: &str = "truth.nii";
-/// What the CT holds beyond the scanned volume.
-const AIR_HU: f32 = -1000.0;
 
 /// A voxel grid as the index stores it (see [`Grid`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

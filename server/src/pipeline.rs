@@ -1,0 +1,561 @@
+//! The inference pipeline: a CT and the vertebrae to examine in; the fracture probability map
+//! on the CT's grid, its draft mask and per-vertebra figures out. [`segment`] is a plain
+//! library function, without gRPC types: the service, the benchmark and the tests call it
+//! alike.
+//!
+//! Every step is core's, with the numbers of the models' manifests, so that a vertebra reaches
+//! the models as the trainer's crop cache prepared it:
+//!
+//! 1. crop: [`cut_vertebra`] with the manifest's [`CropSpec`] (body box + margin, resampled to
+//!    the model's spacing, cut or padded to the patch) and [`AIR_HU`] past the CT's edges, then
+//!    the manifest's HU window;
+//! 2. vae: the VAE's error output `E = |X - X_hat|`, smoothed by
+//!    [`gaussian_smooth`] when `error_sigma > 0`, scaled by [`normalise_error`] (the U-Net's
+//!    [`ErrorInput`]);
+//! 3. unet: `[X, normalised E]` to the probability `P` (the graph ends in a sigmoid);
+//! 4. paste: each crop's `P` back onto the CT's grid ([`VertebraCrop::paste_back`]: undoes the
+//!    patch, resamples to the CT's spacing, drops what lies past the CT) and stitched where
+//!    crops overlap: the mean of the vertebrae's `P` weighted by the paste weight (0 where an
+//!    [oversize](VertebraCrop::oversize) vertebra's patch did not reach) times nnU-Net's
+//!    Gaussian importance of the patch, so that a voxel trusts the crop it lies near the
+//!    centre of; 0 where no crop reaches;
+//! 5. mask: [`pseudo_label`], the flywheel's draft mask, inside the clinician's fracture boxes
+//!    when there are any.
+//!
+//! Everything is in the CT's voxels, `[z, y, x]`, boxes half-open.
+
+use std::num::NonZeroUsize;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use fracmap_core::error_norm::normalise_error;
+use fracmap_core::model_manifest::{Dim, ErrorInput, Preprocessing, TensorSpec};
+use fracmap_core::pseudo_label::pseudo_label;
+use fracmap_core::sliding_window::gaussian_importance;
+use fracmap_core::smoothing::gaussian_smooth;
+use fracmap_core::vertebra_crop::{AIR_HU, CropSpec, PastedPrediction, VertebraCrop, VertebraCropError, cut_vertebra};
+use fracmap_core::{Box3, GeometryError, Mask, PseudoLabelConfig, PseudoLabelError, Volume};
+use ndarray::{Array3, Array5, ArrayView3, Axis, Ix5, Zip, s};
+use ort::value::TensorRef;
+
+use crate::models::LoadedModel;
+
+/// The draft-mask threshold when neither the request nor the U-Net's manifest gives one: the
+/// sigmoid's even odds.
+pub const DEFAULT_MASK_THRESHOLD: f32 = 0.5;
+
+/// The Gaussian importance of a crop when crops overlap: `sigma = patch / 8` per axis, as
+/// nnU-Net weights its sliding windows.
+pub const IMPORTANCE_SIGMA_FRACTION: f64 = 1.0 / 8.0;
+
+/// One vertebra to examine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vertebra {
+    /// Its name for people ("L1"), when the caller has one.
+    pub label: Option<String>,
+    /// Its vertebral body, in the CT's voxels.
+    pub body_box: Box3,
+}
+
+/// How [`segment`] runs and what it returns beyond the probability map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentOptions {
+    /// Draft-mask threshold in `(0, 1]`; `None`: the U-Net manifest's `mask_threshold`, else
+    /// [`DEFAULT_MASK_THRESHOLD`].
+    pub threshold: Option<f32>,
+    /// Draft-mask components of fewer voxels are dropped (see [`PseudoLabelConfig`]).
+    pub min_component_voxels: usize,
+    /// Crops per model run: all vertebrae of a spine in a few runs, with a bounded memory.
+    pub max_batch: NonZeroUsize,
+    /// Whether to stitch the U-Net's error channel onto the CT's grid too
+    /// ([`Segmentation::error_map`]).
+    pub error_map: bool,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            threshold: None,
+            min_component_voxels: PseudoLabelConfig::default().min_component_voxels,
+            max_batch: NonZeroUsize::new(8).expect("8 is not 0"),
+            error_map: false,
+        }
+    }
+}
+
+/// What [`segment`] found in a CT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segmentation {
+    /// Fracture probability on the CT's grid, in `[0, 1]`; 0 where no crop reached.
+    pub probability: Volume,
+    /// The draft mask on the CT's grid ([`pseudo_label`]).
+    pub mask: Mask,
+    /// The threshold the mask was drawn at.
+    pub threshold: f32,
+    /// Voxels in `mask`.
+    pub mask_voxels: usize,
+    /// `mask_voxels` times the CT's voxel volume, mm^3.
+    pub mask_volume_mm3: f64,
+    /// Mean probability over `mask`; 0 for an empty mask.
+    pub confidence: f64,
+    /// One per requested vertebra, in the request's order.
+    pub vertebrae: Vec<VertebraResult>,
+    /// The U-Net's error channel (the VAE's error, smoothed and normalised per crop to
+    /// `[0, 1]`) on the CT's grid, stitched like `probability`; when asked for.
+    pub error_map: Option<Volume>,
+    pub timings: StageTimings,
+}
+
+/// One vertebra's figures. Where two vertebrae's regions overlap, the voxels there count for
+/// both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VertebraResult {
+    pub label: Option<String>,
+    pub body_box: Box3,
+    /// The CT voxels its crop covers: body box plus margin, clipped to the CT.
+    pub region: Box3,
+    /// Whether its crop was larger than the patch and lost its outer parts (no prediction of
+    /// its own there).
+    pub oversize: bool,
+    /// Largest probability in `region`.
+    pub fracture_score: f32,
+    /// Mask voxels in `region`.
+    pub mask_voxels: usize,
+    /// `mask_voxels` in mm^3.
+    pub mask_volume_mm3: f64,
+    /// Mean probability over its mask voxels; 0 when it has none.
+    pub confidence: f64,
+}
+
+/// Wall time of each stage of one [`segment`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimings {
+    /// Cutting, resampling and windowing the crops.
+    pub crop: Duration,
+    /// The VAE and the error maps made from its output.
+    pub vae: Duration,
+    pub unet: Duration,
+    /// Pasting back and stitching.
+    pub paste: Duration,
+    /// The draft mask and the figures.
+    pub mask: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("models {vae} (VAE) and {unet} (U-Net) do not work together: {problem}")]
+    ModelPair { vae: String, unet: String, problem: String },
+    #[error("no vertebrae to examine")]
+    NoVertebrae,
+    #[error("CT has {count} non-finite voxels (NaN or infinite), first at [z, y, x] = {first:?}: {value}")]
+    NonFiniteCt { count: usize, first: [usize; 3], value: f32 },
+    /// `index` counts from 0 in the request's vertebrae.
+    #[error("{}: body box outside the CT: {source}", vertebra_name(*.index, .label))]
+    BodyBoxOutside { index: usize, label: Option<String>, source: GeometryError },
+    /// `index` counts from 0 in the request's fracture boxes.
+    #[error("fracture box #{index} outside the CT: {source}")]
+    FractureBoxOutside { index: usize, source: GeometryError },
+    #[error("mask threshold must be in (0, 1], got {0}")]
+    Threshold(f32),
+    #[error("{}: {source}", vertebra_name(*.index, .label))]
+    Crop { index: usize, label: Option<String>, source: VertebraCropError },
+    #[error("model {model}: ONNX Runtime failed: {source}")]
+    Run { model: String, source: ort::Error },
+    #[error("model {model}: output {output}: {problem}")]
+    Output { model: String, output: String, problem: String },
+    #[error("draft mask: {0}")]
+    Mask(#[from] PseudoLabelError),
+}
+
+/// "vertebra #2 (L1)", or "vertebra #2" without a label.
+fn vertebra_name(index: usize, label: &Option<String>) -> String {
+    match label {
+        Some(label) => format!("vertebra #{index} ({label})"),
+        None => format!("vertebra #{index}"),
+    }
+}
+
+/// A VAE and the U-Net that reads its error maps, checked to work together.
+#[derive(Debug)]
+pub struct ModelPair<'a> {
+    vae: &'a LoadedModel,
+    unet: &'a LoadedModel,
+    /// The error output of the VAE, as its manifest names it.
+    vae_error: String,
+    error_input: ErrorInput,
+    /// The Gaussian importance of a crop, `[z, y, x]` of the patch.
+    importance: Array3<f32>,
+}
+
+impl<'a> ModelPair<'a> {
+    /// Checks that `unet` reads the error maps of `vae` (its manifest's `error_input` names
+    /// this VAE's run and epoch, [`ModelManifest::takes_errors_from`]), that both prepare
+    /// crops alike, and that their inputs and outputs are those the pipeline feeds and reads:
+    /// one input each, `[batch, 1 | 2, patch]`.
+    ///
+    /// [`ModelManifest::takes_errors_from`]: fracmap_core::model_manifest::ModelManifest::takes_errors_from
+    pub fn new(vae: &'a LoadedModel, unet: &'a LoadedModel) -> Result<Self, PipelineError> {
+        let mismatch = |problem: String| PipelineError::ModelPair { vae: model_id(vae), unet: model_id(unet), problem };
+        let (vm, um) = (&vae.manifest, &unet.manifest);
+        let error_input = um
+            .error_input
+            .clone()
+            .ok_or_else(|| mismatch("the U-Net's manifest has no error_input: it reads no VAE's error map".into()))?;
+        let vae_error = vm
+            .error_normalisation
+            .as_ref()
+            .map(|e| e.output.clone())
+            .ok_or_else(|| mismatch("the VAE's manifest names no error output (error_normalisation)".into()))?;
+        if vm.preprocessing != um.preprocessing {
+            return Err(mismatch(format!(
+                "their preprocessing differs: the VAE's {:?}, the U-Net's {:?}",
+                vm.preprocessing, um.preprocessing
+            )));
+        }
+        if !um.takes_errors_from(vm) {
+            return Err(mismatch(format!(
+                "the U-Net reads the error maps of VAE run {} at epoch {}; this VAE is run {} at epoch {}",
+                error_input.vae_run.display(),
+                error_input.vae_epoch,
+                vm.training.as_ref().map_or("(none)".into(), |t| t.run.display().to_string()),
+                vm.validation.as_ref().map_or("(none)".into(), |v| v.epoch.to_string()),
+            )));
+        }
+        let sigma = error_input.error_sigma;
+        if !(sigma.is_finite() && sigma >= 0.0) {
+            return Err(mismatch(format!("error_input.error_sigma = {sigma}: must be finite and >= 0")));
+        }
+        error_input.error_norm.validate().map_err(|e| mismatch(e.to_string()))?;
+        let spec = CropSpec::from(&um.preprocessing);
+        spec.validate().map_err(|e| mismatch(e.to_string()))?;
+        let patch = spec.patch;
+        check_signature("VAE", &vm.inputs, &vm.outputs, 1, &vae_error, patch).map_err(mismatch)?;
+        let [probability] = &um.outputs[..] else {
+            return Err(mismatch(format!("the U-Net has {} outputs; the pipeline reads one", um.outputs.len())));
+        };
+        check_signature("U-Net", &um.inputs, &um.outputs, 2, &probability.name, patch).map_err(mismatch)?;
+        let importance = gaussian_importance(patch, IMPORTANCE_SIGMA_FRACTION).map_err(|e| mismatch(e.to_string()))?;
+        Ok(ModelPair { vae, unet, vae_error, error_input, importance })
+    }
+
+    /// How both models prepare a crop.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.unet.manifest.preprocessing
+    }
+
+    /// The draft-mask threshold without an override: the U-Net manifest's, else
+    /// [`DEFAULT_MASK_THRESHOLD`].
+    pub fn default_threshold(&self) -> f32 {
+        self.unet.manifest.mask_threshold.unwrap_or(DEFAULT_MASK_THRESHOLD)
+    }
+
+    /// The normalised error maps of `crops` (windowed, `[z, y, x]` of the patch).
+    fn error_maps(&self, crops: &[Array3<f32>], max_batch: NonZeroUsize) -> Result<Vec<Array3<f32>>, PipelineError> {
+        let input = &self.vae.manifest.inputs[0].name;
+        let errors = run_batched(self.vae, input, &self.vae_error, &[crops], max_batch)?;
+        let ErrorInput { error_sigma, error_norm, .. } = self.error_input;
+        Ok(errors
+            .into_iter()
+            .map(|error| {
+                let error = if error_sigma > 0.0 { gaussian_smooth(&error, error_sigma) } else { error };
+                normalise_error(&error, error_norm)
+            })
+            .collect())
+    }
+
+    /// The U-Net's probabilities of `crops` with their normalised `errors`.
+    fn probabilities(
+        &self,
+        crops: &[Array3<f32>],
+        errors: &[Array3<f32>],
+        max_batch: NonZeroUsize,
+    ) -> Result<Vec<Array3<f32>>, PipelineError> {
+        let manifest = &self.unet.manifest;
+        run_batched(self.unet, &manifest.inputs[0].name, &manifest.outputs[0].name, &[crops, errors], max_batch)
+    }
+}
+
+/// Whether a model has one input `[batch, channels, patch]` (a dynamic axis fits any length)
+/// and `output` among its outputs, the same shape with one channel.
+fn check_signature(
+    role: &str,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    channels: u64,
+    output: &str,
+    patch: [usize; 3],
+) -> Result<(), String> {
+    let [input] = inputs else {
+        return Err(format!("the {role} has {} inputs; the pipeline feeds one", inputs.len()));
+    };
+    let output = outputs
+        .iter()
+        .find(|o| o.name == output)
+        .ok_or_else(|| format!("the {role}'s manifest has no output {output:?}"))?;
+    for (spec, channels) in [(input, channels), (output, 1)] {
+        let fits = |dim: &Dim, length: u64| matches!(dim, Dim::Dynamic(_)) || *dim == Dim::Fixed(length);
+        let expected = [channels].into_iter().chain(patch.map(|n| n as u64));
+        let ok = spec.shape.len() == 5 && spec.shape[1..].iter().zip(expected).all(|(dim, n)| fits(dim, n));
+        if !ok {
+            return Err(format!(
+                "the {role}'s {} has shape {:?}; the pipeline uses [batch, {channels}, {patch:?}]",
+                spec.name, spec.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// "name version N", how errors name a model.
+fn model_id(model: &LoadedModel) -> String {
+    format!("{} version {}", model.manifest.name, model.manifest.version)
+}
+
+/// Runs `model` on `channels` (each a list of `[z, y, x]` crops of one shape, all lists as
+/// long) as `[batch, channels, z, y, x]` in runs of at most `max_batch` crops; returns the
+/// one-channel `output` of every crop.
+fn run_batched(
+    model: &LoadedModel,
+    input: &str,
+    output: &str,
+    channels: &[&[Array3<f32>]],
+    max_batch: NonZeroUsize,
+) -> Result<Vec<Array3<f32>>, PipelineError> {
+    let count = channels[0].len();
+    let (d, h, w) = channels[0][0].dim();
+    let mut results = Vec::with_capacity(count);
+    for start in (0..count).step_by(max_batch.get()) {
+        let end = (start + max_batch.get()).min(count);
+        let mut batch = Array5::zeros((end - start, channels.len(), d, h, w));
+        for (c, crops) in channels.iter().enumerate() {
+            for (i, crop) in crops[start..end].iter().enumerate() {
+                batch.slice_mut(s![i, c, .., .., ..]).assign(crop);
+            }
+        }
+        let maps = run(model, input, output, batch)?;
+        results.extend(maps.axis_iter(Axis(0)).map(|map| map.index_axis(Axis(0), 0).to_owned()));
+    }
+    Ok(results)
+}
+
+/// One run of `model` on `batch` `[n, c, z, y, x]`; its `output`, checked `[n, 1, z, y, x]`.
+/// Holds the session's lock for the run alone.
+fn run(model: &LoadedModel, input: &str, output: &str, batch: Array5<f32>) -> Result<Array5<f32>, PipelineError> {
+    let failed = |source| PipelineError::Run { model: model_id(model), source };
+    let bad_output =
+        |problem: String| PipelineError::Output { model: model_id(model), output: output.to_string(), problem };
+    let (n, _, d, h, w) = batch.dim();
+    let tensor = TensorRef::from_array_view(batch.view()).map_err(failed)?;
+    // A panic elsewhere while holding the lock leaves the session as usable as before.
+    let mut session = model.session.lock().unwrap_or_else(PoisonError::into_inner);
+    let outputs = session.run(ort::inputs![input => tensor]).map_err(failed)?;
+    let value = outputs.get(output).ok_or_else(|| bad_output("not among the graph's outputs".to_string()))?;
+    let array = value.try_extract_array::<f32>().map_err(failed)?;
+    let shape = array.shape().to_vec();
+    let array = array
+        .into_dimensionality::<Ix5>()
+        .ok()
+        .filter(|a| a.dim() == (n, 1, d, h, w))
+        .ok_or_else(|| bad_output(format!("shape {shape:?}, expected [{n}, 1, {d}, {h}, {w}]")))?;
+    Ok(array.to_owned())
+}
+
+/// Examines `vertebrae` of `ct` (HU, any grid) with `models`: the module's five steps. The
+/// draft mask stays inside `fracture_boxes` (the CT's voxels) when there are any.
+///
+/// Fails, before running a model, on an empty list of vertebrae, a non-finite CT voxel, a
+/// body or fracture box reaching outside the CT, or a threshold outside `(0, 1]`; and on a
+/// model run that fails or returns what its manifest did not promise.
+pub fn segment(
+    ct: &Volume,
+    vertebrae: &[Vertebra],
+    fracture_boxes: &[Box3],
+    models: &ModelPair<'_>,
+    options: &SegmentOptions,
+) -> Result<Segmentation, PipelineError> {
+    let threshold = options.threshold.unwrap_or_else(|| models.default_threshold());
+    let mask_config = PseudoLabelConfig { threshold, min_component_voxels: options.min_component_voxels };
+    check_request(ct, vertebrae, fracture_boxes, &mask_config)?;
+    let mut timings = StageTimings::default();
+
+    let crop_error =
+        |index: usize| move |source| PipelineError::Crop { index, label: vertebrae[index].label.clone(), source };
+
+    let started = Instant::now();
+    let spec = CropSpec::from(models.preprocessing());
+    let crops: Vec<VertebraCrop> = vertebrae
+        .iter()
+        .enumerate()
+        .map(|(index, vertebra)| cut_vertebra(ct, &vertebra.body_box, &spec, AIR_HU).map_err(crop_error(index)))
+        .collect::<Result<_, _>>()?;
+    let window = models.preprocessing().hu_window;
+    let windowed: Vec<Array3<f32>> = crops.iter().map(|crop| window.apply(&crop.ct).into_data()).collect();
+    timings.crop = started.elapsed();
+
+    let started = Instant::now();
+    let errors = models.error_maps(&windowed, options.max_batch)?;
+    timings.vae = started.elapsed();
+
+    let started = Instant::now();
+    let probabilities = models.probabilities(&windowed, &errors, options.max_batch)?;
+    timings.unet = started.elapsed();
+
+    let started = Instant::now();
+    let mut pasted = Vec::with_capacity(crops.len());
+    for (index, crop) in crops.iter().enumerate() {
+        let probability = crop.paste_back(probabilities[index].view()).map_err(crop_error(index))?;
+        let importance = crop.paste_back(models.importance.view()).map_err(crop_error(index))?;
+        let weight = &probability.weight * &importance.values;
+        let error =
+            options.error_map.then(|| crop.paste_back(errors[index].view())).transpose().map_err(crop_error(index))?;
+        pasted.push(Pasted { probability, error, weight });
+    }
+    let bounds = union(pasted.iter().map(|p| p.probability.region)).ok_or(PipelineError::NoVertebrae)?;
+    let stitch = |map: fn(&Pasted) -> Option<&PastedPrediction>| {
+        let mut stitched = Stitch::new(bounds);
+        for p in &pasted {
+            if let Some(prediction) = map(p) {
+                stitched.add(prediction, p.weight.view());
+            }
+        }
+        stitched.on_grid_of(ct)
+    };
+    let probability = stitch(|p| Some(&p.probability));
+    let error_map = options.error_map.then(|| stitch(|p| p.error.as_ref()));
+    timings.paste = started.elapsed();
+
+    let started = Instant::now();
+    let label = pseudo_label(&probability, fracture_boxes, &mask_config)?;
+    let voxel_mm3: f64 = ct.spacing().iter().product();
+    let results = vertebrae
+        .iter()
+        .zip(&crops)
+        .zip(&pasted)
+        .map(|((vertebra, crop), pasted)| {
+            let region = pasted.probability.region;
+            let [z, y, x] = region.ranges();
+            let p = probability.data().slice(s![z.clone(), y.clone(), x.clone()]);
+            let mask = label.mask.slice(s![z, y, x]);
+            let (voxels, sum) = Zip::from(&mask)
+                .and(&p)
+                .fold((0usize, 0.0f64), |(n, sum), &m, &p| if m { (n + 1, sum + f64::from(p)) } else { (n, sum) });
+            VertebraResult {
+                label: vertebra.label.clone(),
+                body_box: vertebra.body_box,
+                region,
+                oversize: crop.oversize(),
+                fracture_score: p.fold(0.0f32, |max, &v| max.max(v)),
+                mask_voxels: voxels,
+                mask_volume_mm3: voxels as f64 * voxel_mm3,
+                confidence: if voxels == 0 { 0.0 } else { sum / voxels as f64 },
+            }
+        })
+        .collect();
+    timings.mask = started.elapsed();
+
+    Ok(Segmentation {
+        probability,
+        mask: label.mask,
+        threshold,
+        mask_voxels: label.voxels,
+        mask_volume_mm3: label.volume_mm3,
+        confidence: label.confidence,
+        vertebrae: results,
+        error_map,
+        timings,
+    })
+}
+
+/// What the request must satisfy before a model runs.
+fn check_request(
+    ct: &Volume,
+    vertebrae: &[Vertebra],
+    fracture_boxes: &[Box3],
+    mask_config: &PseudoLabelConfig,
+) -> Result<(), PipelineError> {
+    if vertebrae.is_empty() {
+        return Err(PipelineError::NoVertebrae);
+    }
+    if mask_config.validate().is_err() {
+        return Err(PipelineError::Threshold(mask_config.threshold));
+    }
+    let shape = ct.shape();
+    for (index, vertebra) in vertebrae.iter().enumerate() {
+        vertebra.body_box.check_inside(shape).map_err(|source| PipelineError::BodyBoxOutside {
+            index,
+            label: vertebra.label.clone(),
+            source,
+        })?;
+    }
+    for (index, fracture_box) in fracture_boxes.iter().enumerate() {
+        fracture_box.check_inside(shape).map_err(|source| PipelineError::FractureBoxOutside { index, source })?;
+    }
+    let mut non_finite = (0, None);
+    for ((z, y, x), &hu) in ct.data().indexed_iter() {
+        if !hu.is_finite() {
+            non_finite.0 += 1;
+            non_finite.1.get_or_insert(([z, y, x], hu));
+        }
+    }
+    if let (count, Some((first, value))) = non_finite {
+        return Err(PipelineError::NonFiniteCt { count, first, value });
+    }
+    Ok(())
+}
+
+/// One vertebra's predictions on the CT's grid and its stitching weight there (the paste
+/// weight times the pasted Gaussian importance), all on `probability.region`.
+struct Pasted {
+    probability: PastedPrediction,
+    error: Option<PastedPrediction>,
+    weight: Array3<f32>,
+}
+
+/// The smallest box holding every one of `boxes`; `None` for none.
+fn union(boxes: impl Iterator<Item = Box3>) -> Option<Box3> {
+    boxes.reduce(|a, b| {
+        let (min, max) =
+            (std::array::from_fn(|i| a.min()[i].min(b.min()[i])), std::array::from_fn(|i| a.max()[i].max(b.max()[i])));
+        Box3::new(min, max).expect("the union of non-empty boxes is not empty")
+    })
+}
+
+/// The weighted mean of pasted predictions, accumulated over `bounds` only (the vertebrae's
+/// part of the CT, not the whole scan).
+struct Stitch {
+    bounds: Box3,
+    sum: Array3<f32>,
+    total: Array3<f32>,
+}
+
+impl Stitch {
+    fn new(bounds: Box3) -> Self {
+        Stitch { bounds, sum: Array3::zeros(bounds.shape()), total: Array3::zeros(bounds.shape()) }
+    }
+
+    /// Adds `prediction` with `weight` (on `prediction.region`, inside the bounds).
+    fn add(&mut self, prediction: &PastedPrediction, weight: ArrayView3<'_, f32>) {
+        let region = prediction.region;
+        let [z, y, x]: [std::ops::Range<usize>; 3] =
+            std::array::from_fn(|a| region.min()[a] - self.bounds.min()[a]..region.max()[a] - self.bounds.min()[a]);
+        Zip::from(self.sum.slice_mut(s![z.clone(), y.clone(), x.clone()]))
+            .and(self.total.slice_mut(s![z, y, x]))
+            .and(&prediction.values)
+            .and(&weight)
+            .for_each(|sum, total, &value, &weight| {
+                *sum += value * weight;
+                *total += weight;
+            });
+    }
+
+    /// The stitched map on `ct`'s grid: 0 where nothing was added, clamped to `[0, 1]` (the
+    /// mean of values in `[0, 1]` leaves it only by rounding).
+    fn on_grid_of(self, ct: &Volume) -> Volume {
+        let mut data = Array3::zeros(ct.shape());
+        let [z, y, x] = self.bounds.ranges();
+        Zip::from(data.slice_mut(s![z, y, x])).and(&self.sum).and(&self.total).for_each(|out, &sum, &total| {
+            *out = if total > 0.0 { (sum / total).clamp(0.0, 1.0) } else { 0.0 };
+        });
+        ct.with_data(data).expect("the CT's own shape and grid")
+    }
+}

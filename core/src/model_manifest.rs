@@ -321,7 +321,9 @@ impl ModelManifest {
             check("error_input.error_sigma", sigma, sigma.is_finite() && sigma >= 0.0, "must be finite and >= 0")?;
         }
         if let Some(threshold) = self.mask_threshold {
-            check("mask_threshold", threshold, (0.0..=1.0).contains(&threshold), "must be a probability in [0, 1]")?;
+            // As `pseudo_label` takes it: at 0 every voxel would be drafted.
+            let ok = threshold > 0.0 && threshold <= 1.0;
+            check("mask_threshold", threshold, ok, "must be a probability in (0, 1]")?;
         }
         Ok(())
     }
@@ -541,6 +543,8 @@ mod tests {
         let mut m = unet.clone();
         m.mask_threshold = Some(1.5);
         assert!(m.validate().unwrap_err().to_string().contains("mask_threshold = 1.5"));
+        m.mask_threshold = Some(0.0);
+        assert!(m.validate().unwrap_err().to_string().contains("mask_threshold = 0"));
         let mut m = unet.clone();
         m.error_input.as_mut().unwrap().error_sigma = f32::NAN;
         assert!(m.validate().unwrap_err().to_string().contains("error_input.error_sigma"));

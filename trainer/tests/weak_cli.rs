@@ -115,16 +115,20 @@ fn the_box_vs_slice_experiment_reports_every_method_and_reuses_finished_stages()
         "--vae-config", &vae, "--box-config", &boxes, "--slice-config", &slices, "--folds", "0", "--pictures", "2"];
     ok(train_cli(&args));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for method in ["A: slice labels", "B: box labels", "VAE error alone", "box filled", "fully supervised"] {
+    #[rustfmt::skip]
+    let methods = ["A: slice labels", "B: box labels", "VAE error alone", "box filled", "B inside the box", "fully supervised"];
+    for method in methods {
         assert!(report.contains(&format!("| {method} |")), "{method} missing from {report}");
     }
     assert!(report.contains("fraction of the fully supervised upper bound"), "{report}");
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results[0]["fold"], 0);
-    assert_eq!(results[0]["methods"].as_array().unwrap().len(), 5);
+    assert_eq!(results[0]["methods"].as_array().unwrap().len(), 6);
     // The filled box is perfect where the box is the fracture's own: its recall is 1 wherever
     // the truth lies inside the boxes, as in the phantom.
     assert_eq!(results[0]["methods"][3]["recall"], 1.0);
+    // B kept inside the boxes predicts nothing outside them.
+    assert_eq!(results[0]["methods"][4]["outside_box_mm3"], 0.0);
     for run in ["vae", "slice", "box", "full"] {
         assert!(out.join("fold0").join(run).is_dir(), "{run} missing");
     }

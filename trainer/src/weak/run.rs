@@ -86,6 +86,13 @@ pub struct FoldSamples {
     pub test: Vec<Sample>,
 }
 
+impl FoldSamples {
+    /// The training and validation crops: what thresholds are chosen on.
+    pub fn tuning(&self) -> Vec<Sample> {
+        self.train.iter().chain(&self.val).cloned().collect()
+    }
+}
+
 /// Crops `data` with the spec of `config` (cached), splits them for test fold `fold` and
 /// computes every labeled crop's error map with `vae`, whose crops must be the same.
 pub fn fold_samples(
@@ -190,7 +197,7 @@ pub fn train_on_fold(
 /// The test-fold numbers of `model`, its threshold chosen on the training and validation
 /// crops.
 pub fn test_metrics(model: &UNet, samples: &FoldSamples, batch_size: usize, device: &Device) -> Result<MapMetrics> {
-    let tuning: Vec<Sample> = samples.train.iter().chain(&samples.val).cloned().collect();
+    let tuning = samples.tuning();
     let threshold = choose_threshold(&predict(model, &tuning, batch_size, device)?, &tuning)?;
     score_maps(&predict(model, &samples.test, batch_size, device)?, &samples.test, threshold)
 }

@@ -87,6 +87,28 @@ fn a_weak_run_trains_scores_its_test_fold_and_refuses_to_overwrite() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds a model"));
 
+    // Another test fold than the VAE's would test on vertebrae the VAE trained on.
+    let out = dir.path().join("fold1");
+    let refused = train_cli(&[
+        "weak",
+        "--config",
+        &boxes,
+        "--data",
+        manifest,
+        "--vae",
+        vae_arg,
+        "--fold",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("trained with test fold 0"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // A U-Net on 2 mm crops cannot read the error maps of a VAE of 4 mm crops.
     let other = weak_config(dir.path(), "box", "mean", 2.0);
     let out = dir.path().join("other");

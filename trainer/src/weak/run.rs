@@ -245,6 +245,16 @@ pub fn train_weak(request: &WeakTrainRequest) -> Result<MapMetrics> {
     let (device, device_name) = select_device(request.device)?;
     let progress = ProgressLine::default();
     let (vae, vae_config, vae_record) = load_frozen_vae(&request.vae, &device)?;
+    // A VAE of another test fold trained on this fold's normal vertebrae: the test would leak.
+    let vae_split = RunRecord::load(&request.vae)?.split;
+    ensure!(
+        vae_split.test == request.fold,
+        "--fold {}: the VAE of {} was trained with test fold {} (its training folds include fold {}); use that fold or a VAE of this one",
+        request.fold,
+        request.vae.display(),
+        vae_split.test,
+        request.fold
+    );
     let samples = fold_samples(
         &config,
         (&vae, &vae_config),

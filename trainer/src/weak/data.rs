@@ -12,8 +12,8 @@ use fracmap_core::{Mask, Volume};
 use ndarray::Array3;
 
 use super::config::{LabelConfig, Supervision};
-use super::masks::{WeakMasks, weak_masks};
-use crate::crops::{CropEntry, LoadedCrop};
+use super::masks::{CropLabels, WeakMasks, weak_masks};
+use crate::crops::CropEntry;
 use crate::training_data::DataConfig;
 use crate::vae::error_map::error_map;
 use crate::vae::model::Vae;
@@ -34,13 +34,8 @@ pub struct Sample {
 impl Sample {
     /// `M_in`, `M_out` under `mode`; `None` where this vertebra cannot supervise that mode.
     pub fn masks(&self, mode: Supervision) -> Option<WeakMasks> {
-        let crop = LoadedCrop {
-            ct: self.ct.clone(),
-            box_in: self.box_in.clone(),
-            slice_in: self.slice_in.clone(),
-            truth: self.truth.clone(),
-        };
-        weak_masks(mode, &self.entry, &crop)
+        let labels = CropLabels { box_in: &self.box_in, slice_in: &self.slice_in, truth: self.truth.as_ref() };
+        weak_masks(mode, &self.entry, labels)
     }
 }
 

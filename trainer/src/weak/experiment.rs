@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Supervision, WeakConfig};
 use super::data::Sample;
-use super::eval::{MapMetrics, choose_threshold, predict, score_maps};
-use super::run::{FoldSamples, TEST_METRICS_FILE, fold_samples, load_frozen_vae, train_on_fold};
+use super::eval::{MapMetrics, score_maps};
+use super::run::{FoldMaps, FoldSamples, TEST_METRICS_FILE, fold_samples, load_frozen_vae, train_on_fold};
 use super::train::BEST_MODEL_FILE;
 use crate::device::{DeviceChoice, select_device};
 use crate::manifest::Status;
@@ -66,20 +66,6 @@ pub const METHODS: [&str; 6] =
 const B: usize = 1;
 const FILLED: usize = 3;
 const FULL: usize = 5;
-
-/// A method's maps of the tuning (training and validation) and test vertebrae of a fold.
-struct FoldMaps {
-    tuning: Vec<Array3<f32>>,
-    test: Vec<Array3<f32>>,
-}
-
-impl FoldMaps {
-    /// The test numbers at the threshold of the best Dice on the tuning vertebrae.
-    fn score(&self, samples: &FoldSamples) -> Result<MapMetrics> {
-        let threshold = choose_threshold(&self.tuning, &samples.tuning())?;
-        score_maps(&self.test, &samples.test, threshold)
-    }
-}
 
 /// `maps` kept inside each vertebra's fracture boxes, 0 elsewhere (a normal vertebra: 0
 /// everywhere): what a draft mask from B and a clinician's box can contain.
@@ -146,13 +132,12 @@ pub fn run_experiment(request: &ExperimentRequest) -> Result<Vec<FoldResult>> {
         let [a, b, upper]: [FoldMaps; 3] = unets.try_into().map_err(|_| anyhow::anyhow!("three U-Nets"))?;
         let tuning = samples.tuning();
         let error_maps = |set: &[Sample]| set.iter().map(|s| s.error.clone()).collect::<Vec<_>>();
-        let vae_alone = FoldMaps { tuning: error_maps(&tuning), test: error_maps(&samples.test) };
+        let vae_alone = FoldMaps { tuning: error_maps(tuning), test: error_maps(&samples.test) };
         let box_maps = |set: &[Sample]| -> Vec<Array3<f32>> {
             set.iter().map(|s| s.box_in.mapv(|v| if v { 1.0 } else { 0.0 })).collect()
         };
-        let filled = FoldMaps { tuning: box_maps(&tuning), test: box_maps(&samples.test) };
-        let b_in_box =
-            FoldMaps { tuning: inside_boxes(&b.tuning, &tuning), test: inside_boxes(&b.test, &samples.test) };
+        let filled = FoldMaps { tuning: box_maps(tuning), test: box_maps(&samples.test) };
+        let b_in_box = FoldMaps { tuning: inside_boxes(&b.tuning, tuning), test: inside_boxes(&b.test, &samples.test) };
         let mut methods = Vec::new();
         let mut maps = Vec::new();
         for (method, fold_maps) in [a, b, vae_alone, filled, b_in_box, upper].into_iter().enumerate() {
@@ -244,10 +229,7 @@ fn unet_method(
         train_on_fold(config, samples, &request.data, vae, out, device, progress)?
     };
     let batch = config.train.batch_size;
-    let maps = FoldMaps {
-        tuning: predict(&model, &samples.tuning(), batch, device)?,
-        test: predict(&model, &samples.test, batch, device)?,
-    };
+    let maps = FoldMaps::predict(&model, samples, batch, device)?;
     let metrics = maps.score(samples)?;
     write_atomic(&done, &serde_json::to_vec_pretty(&metrics)?).with_context(|| done.display().to_string())?;
     Ok(maps)

@@ -18,6 +18,7 @@ use fracmap_core::Box3;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::geometry::bounding_box;
 use fracmap_core::pseudo_label::{PseudoLabelConfig, pseudo_label, write_pseudo_label};
+use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 
 use super::config::WeakConfig;
@@ -81,15 +82,46 @@ pub fn load_frozen_vae(run: &Path, device: &Device) -> Result<(Vae, VaeConfig, V
 pub struct FoldSamples {
     pub split: FoldSplit,
     pub cache: PathBuf,
-    pub train: Vec<Sample>,
-    pub val: Vec<Sample>,
+    /// The training crops, then the validation ones: together, what thresholds are chosen on.
+    tuning: Vec<Sample>,
+    train_len: usize,
     pub test: Vec<Sample>,
 }
 
 impl FoldSamples {
-    /// The training and validation crops: what thresholds are chosen on.
-    pub fn tuning(&self) -> Vec<Sample> {
-        self.train.iter().chain(&self.val).cloned().collect()
+    pub fn train(&self) -> &[Sample] {
+        &self.tuning[..self.train_len]
+    }
+
+    pub fn val(&self) -> &[Sample] {
+        &self.tuning[self.train_len..]
+    }
+
+    /// The training and validation crops.
+    pub fn tuning(&self) -> &[Sample] {
+        &self.tuning
+    }
+}
+
+/// A model's (or a baseline's) maps of the tuning and the test crops of a fold.
+pub struct FoldMaps {
+    pub tuning: Vec<Array3<f32>>,
+    pub test: Vec<Array3<f32>>,
+}
+
+impl FoldMaps {
+    /// The U-Net's maps of every tuning and test crop.
+    pub fn predict(model: &UNet, samples: &FoldSamples, batch_size: usize, device: &Device) -> Result<Self> {
+        Ok(FoldMaps {
+            tuning: predict(model, samples.tuning(), batch_size, device)?,
+            test: predict(model, &samples.test, batch_size, device)?,
+        })
+    }
+
+    /// The test numbers at the threshold of the best Dice on the tuning crops.
+    pub fn score(&self, samples: &FoldSamples) -> Result<MapMetrics> {
+        let threshold = choose_threshold(&self.tuning, samples.tuning())?;
+        score_maps(&self.test, &samples.test, threshold)
     }
 }
 
@@ -131,14 +163,16 @@ pub fn fold_samples(
         })?;
         sets.push(samples);
     }
-    let [train, val, test]: [Vec<Sample>; 3] = sets.try_into().map_err(|_| anyhow::anyhow!("three sets"))?;
+    let [mut tuning, val, test]: [Vec<Sample>; 3] = sets.try_into().map_err(|_| anyhow::anyhow!("three sets"))?;
     progress.finish(&format!(
         "fold {fold}: {} training, {} validation, {} test crops with error maps",
-        train.len(),
+        tuning.len(),
         val.len(),
         test.len()
     ));
-    Ok(FoldSamples { split, cache, train, val, test })
+    let train_len = tuning.len();
+    tuning.extend(val);
+    Ok(FoldSamples { split, cache, tuning, train_len, test })
 }
 
 /// Trains one U-Net on a fold into `out` (which must not hold a model yet), reporting
@@ -155,12 +189,13 @@ pub fn train_on_fold(
     if out.join(BEST_MODEL_FILE).exists() {
         bail!("{} already holds a model: choose another --out", out.display());
     }
-    let record = RunRecord::new("unet", data, &samples.cache, samples.split, (samples.train.len(), samples.val.len()))?;
+    let record =
+        RunRecord::new("unet", data, &samples.cache, samples.split, (samples.train().len(), samples.val().len()))?;
     record.save(out, &config.to_toml())?;
     let vae_path = out.join(VAE_RECORD_FILE);
     write_atomic(&vae_path, &serde_json::to_vec_pretty(vae)?).with_context(|| vae_path.display().to_string())?;
     let mode = config.labels.mode;
-    let run = WeakTrainRun { config, train: &samples.train, val: &samples.val, run_dir: out, device: device.clone() };
+    let run = WeakTrainRun { config, train: samples.train(), val: samples.val(), run_dir: out, device: device.clone() };
     let names = term_names(mode);
     let outcome = run.run(|event| match event {
         WeakEvent::Batch { epoch, epochs, batch, batches, loss } => progress.update(
@@ -194,32 +229,17 @@ pub fn train_on_fold(
     Ok(outcome.model)
 }
 
-/// The test-fold numbers of `model`, its threshold chosen on the training and validation
-/// crops.
-pub fn test_metrics(model: &UNet, samples: &FoldSamples, batch_size: usize, device: &Device) -> Result<MapMetrics> {
-    let tuning = samples.tuning();
-    let threshold = choose_threshold(&predict(model, &tuning, batch_size, device)?, &tuning)?;
-    score_maps(&predict(model, &samples.test, batch_size, device)?, &samples.test, threshold)
-}
-
 /// The draft masks of the test crops (`core::pseudo_label`: `P >= threshold` inside the
 /// vertebra's fracture box, or the whole crop without one; small components removed), as
 /// uint8 NIfTI on each crop's grid (its affine places it on the source CT), and
-/// `drafts.csv` with each one's volume and confidence.
-pub fn write_drafts(
-    model: &UNet,
-    samples: &[Sample],
-    threshold: f32,
-    batch_size: usize,
-    device: &Device,
-    out: &Path,
-) -> Result<()> {
+/// `drafts.csv` with each one's volume and confidence; `maps` are the crops' probabilities.
+pub fn write_drafts(maps: &[Array3<f32>], samples: &[Sample], threshold: f32, out: &Path) -> Result<()> {
     let dir = out.join(DRAFTS_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let config = PseudoLabelConfig { threshold, ..PseudoLabelConfig::default() };
     let mut csv = String::from("crop,status,voxels,volume_mm3,confidence,components_removed\n");
-    for (sample, map) in samples.iter().zip(predict(model, samples, batch_size, device)?) {
-        let probability = sample.ct.with_data(map)?;
+    for (sample, map) in samples.iter().zip(maps) {
+        let probability = sample.ct.with_data(map.clone())?;
         let boxes: Vec<Box3> = bounding_box(&sample.box_in).into_iter().collect();
         let draft =
             pseudo_label(&probability, &boxes, &config).with_context(|| format!("crop {}", sample.entry.dir))?;
@@ -270,9 +290,10 @@ pub fn train_weak(request: &WeakTrainRequest) -> Result<MapMetrics> {
         config.model.init(&Device::flex(), 0).num_params()
     );
     let model = train_on_fold(&config, &samples, &request.data, &vae_record, &request.out, &device, &progress)?;
-    let metrics = test_metrics(&model, &samples, config.train.batch_size, &device)?;
+    let maps = FoldMaps::predict(&model, &samples, config.train.batch_size, &device)?;
+    let metrics = maps.score(&samples)?;
     let path = request.out.join(TEST_METRICS_FILE);
     write_atomic(&path, &serde_json::to_vec_pretty(&metrics)?).with_context(|| path.display().to_string())?;
-    write_drafts(&model, &samples.test, metrics.threshold, config.train.batch_size, &device, &request.out)?;
+    write_drafts(&maps.test, &samples.test, metrics.threshold, &request.out)?;
     Ok(metrics)
 }

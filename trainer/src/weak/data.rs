@@ -69,26 +69,25 @@ pub fn load_samples(
 
 /// The U-Net's input `[B, 2, D, H, W]`: channel 0 the CT, channel 1 the error map.
 pub fn input_tensor(samples: &[&Sample], flips: &[bool], device: &Device) -> Tensor<5> {
-    let channels: Vec<Array3<f32>> = samples.iter().flat_map(|s| [s.ct.data().to_owned(), s.error.clone()]).collect();
+    let channels: Vec<&Array3<f32>> = samples.iter().flat_map(|s| [s.ct.data(), &s.error]).collect();
     stack(&channels, samples.len(), 2, flips, device)
 }
 
 /// Masks or maps `[B, 1, D, H, W]` as 0/1 floats.
 pub fn mask_tensor(masks: &[&Mask], flips: &[bool], device: &Device) -> Tensor<5> {
     let maps: Vec<Array3<f32>> = masks.iter().map(|m| m.mapv(|v| if v { 1.0 } else { 0.0 })).collect();
-    stack(&maps, masks.len(), 1, flips, device)
+    stack(&maps.iter().collect::<Vec<_>>(), masks.len(), 1, flips, device)
 }
 
 /// Maps `[B, 1, D, H, W]`.
 pub fn map_tensor(maps: &[&Array3<f32>], flips: &[bool], device: &Device) -> Tensor<5> {
-    let maps: Vec<Array3<f32>> = maps.iter().map(|m| (*m).clone()).collect();
-    stack(&maps, maps.len(), 1, flips, device)
+    stack(maps, maps.len(), 1, flips, device)
 }
 
 /// `volumes` (`batch * channels` of them, batch-major) as one tensor; volume `i` is mirrored
 /// left-right (its x axis) when `flips[i / channels]`: the augmentation, applied alike to a
 /// crop's every channel and target.
-fn stack(volumes: &[Array3<f32>], batch: usize, channels: usize, flips: &[bool], device: &Device) -> Tensor<5> {
+fn stack(volumes: &[&Array3<f32>], batch: usize, channels: usize, flips: &[bool], device: &Device) -> Tensor<5> {
     let (d, h, w) = volumes[0].dim();
     let mut values: Vec<f32> = Vec::with_capacity(volumes.len() * d * h * w);
     for (i, volume) in volumes.iter().enumerate() {
@@ -121,8 +120,8 @@ mod tests {
     fn channels_stack_batch_major_and_flip_only_x() {
         let a = Array3::from_shape_fn((1, 1, 3), |(_, _, x)| x as f32);
         let b = a.mapv(|v| v + 10.0);
-        let t =
-            stack(&[a.clone(), b, a.mapv(|v| v + 20.0), a.mapv(|v| v + 30.0)], 2, 2, &[false, true], &Device::flex());
+        let (c, d) = (a.mapv(|v| v + 20.0), a.mapv(|v| v + 30.0));
+        let t = stack(&[&a, &b, &c, &d], 2, 2, &[false, true], &Device::flex());
         assert_eq!(t.dims(), [2, 2, 1, 1, 3]);
         let values = t.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(values, vec![0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 22.0, 21.0, 20.0, 32.0, 31.0, 30.0]);

@@ -10,10 +10,15 @@
 //!   standard health and reflection services until told to stop.
 //! - [`proto`]: the code generated from `proto/fracmap/v1/fracmap.proto`.
 
+pub mod admission;
+pub mod config_file;
+pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod repository;
 pub mod runtime;
+pub mod security;
+pub mod segment_request;
 pub mod server;
 pub mod service;
 

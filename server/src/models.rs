@@ -3,8 +3,10 @@
 //! names), once, at start-up.
 
 use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fracmap_core::model_manifest::{ModelManifest, TensorSpec};
 use ort::session::Session;
@@ -19,10 +21,46 @@ pub struct LoadedModel {
     /// `<repository>/<name>/<version>`.
     pub dir: PathBuf,
     pub manifest: ModelManifest,
-    /// Behind a mutex: ort's `Session::run` takes `&mut self` (some ONNX Runtime internals
-    /// are not thread safe), so one request runs a session at a time.
-    pub session: Mutex<Session>,
+    pub sessions: SessionPool,
     pub provider: ExecutionProvider,
+}
+
+/// Sessions of one model, each behind a mutex: ort's `Session::run` takes `&mut self` (some
+/// ONNX Runtime internals are not thread safe), so a session runs one batch at a time and
+/// concurrent requests take different sessions.
+#[derive(Debug)]
+pub struct SessionPool {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl SessionPool {
+    pub fn new(sessions: Vec<Session>) -> Self {
+        assert!(!sessions.is_empty(), "a session pool needs a session");
+        SessionPool { sessions: sessions.into_iter().map(Mutex::new).collect(), next: AtomicUsize::new(0) }
+    }
+
+    /// A free session, or, when all are busy, the next one in turn once it is free. The
+    /// server admits at most as many segmentations as a pool has sessions, so waiting here
+    /// is rare.
+    pub fn get(&self) -> MutexGuard<'_, Session> {
+        // A panic elsewhere while holding a session leaves it as usable as before.
+        for session in &self.sessions {
+            if let Ok(guard) = session.try_lock() {
+                return guard;
+            }
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        self.sessions[turn].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,27 +71,32 @@ pub enum ModelError {
     Mismatch { dir: PathBuf, field: &'static str, problem: String },
 }
 
-/// Loads every model of `repository` with `settings`, sorted by name. The first model that
+/// Loads every model of `repository` with `settings`, `sessions` sessions each, sorted by name. The first model that
 /// does not load, or whose graph does not have the inputs and outputs its manifest names,
 /// is an error: a server must not start with a model it cannot run as described.
 pub fn load_models(
     runtime: &OnnxRuntime,
     repository: &ModelRepository,
     settings: &SessionSettings,
+    sessions: NonZeroUsize,
 ) -> Result<Vec<LoadedModel>, ModelError> {
-    repository.models().map(|version| load_model(runtime, version, settings)).collect()
+    repository.models().map(|version| load_model(runtime, version, settings, sessions)).collect()
 }
 
 fn load_model(
     runtime: &OnnxRuntime,
     version: &ModelVersion,
     settings: &SessionSettings,
+    sessions: NonZeroUsize,
 ) -> Result<LoadedModel, ModelError> {
     let dir = version.dir.clone();
     let loaded = match runtime.load_session(&version.model_path, settings) {
         Ok(loaded) => loaded,
         Err(source) => return Err(ModelError::Load { dir, source }),
     };
+    // The first session fixed the provider (Auto may have fallen back): the others follow it.
+    let same_provider = SessionSettings { device: loaded.provider.into(), ..*settings };
+    let mut pool = Vec::with_capacity(sessions.get());
     let manifest = &version.manifest;
     for (field, specs, outlets) in [
         ("inputs", &manifest.inputs, loaded.session.inputs()),
@@ -63,14 +106,23 @@ fn load_model(
             return Err(ModelError::Mismatch { dir, field, problem });
         }
     }
+    let provider = loaded.provider;
+    pool.push(loaded.session);
+    while pool.len() < sessions.get() {
+        match runtime.load_session(&version.model_path, &same_provider) {
+            Ok(more) => pool.push(more.session),
+            Err(source) => return Err(ModelError::Load { dir, source }),
+        }
+    }
     tracing::info!(
         model = %manifest.name,
         version = manifest.version,
         sha256 = &manifest.onnx.sha256[..12],
-        provider = %loaded.provider,
+        %provider,
+        sessions = pool.len(),
         "model loaded"
     );
-    Ok(LoadedModel { dir, manifest: manifest.clone(), session: Mutex::new(loaded.session), provider: loaded.provider })
+    Ok(LoadedModel { dir, manifest: manifest.clone(), sessions: SessionPool::new(pool), provider })
 }
 
 /// Whether the manifest's tensors and the graph's have the same names (in any order); the

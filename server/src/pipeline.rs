@@ -25,7 +25,8 @@
 //! Everything is in the CT's voxels, `[z, y, x]`, boxes half-open.
 
 use std::num::NonZeroUsize;
-use std::sync::PoisonError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fracmap_core::error_norm::normalise_error;
@@ -57,8 +58,47 @@ pub struct Vertebra {
     pub body_box: Box3,
 }
 
+/// Stops a segmentation between its steps and model runs: the client went away, or its
+/// deadline passed. Clones share the cancellation.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    cancelled: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Interrupt {
+    /// Never fires unless cancelled; past `deadline` when there is one.
+    pub fn new(deadline: Option<Instant>) -> Self {
+        Interrupt { cancelled: Arc::default(), deadline }
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// [`PipelineError::Cancelled`] or [`PipelineError::DeadlineExceeded`] when the work
+    /// should stop.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        if self.is_cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(PipelineError::DeadlineExceeded),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How [`segment`] runs and what it returns beyond the probability map.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SegmentOptions {
     /// Draft-mask threshold in `(0, 1]`; `None`: the U-Net manifest's `mask_threshold`, else
     /// [`DEFAULT_MASK_THRESHOLD`].
@@ -70,6 +110,8 @@ pub struct SegmentOptions {
     /// Whether to stitch the U-Net's error channel onto the CT's grid too
     /// ([`Segmentation::error_map`]).
     pub error_map: bool,
+    /// Checked between steps and model runs.
+    pub interrupt: Interrupt,
 }
 
 impl Default for SegmentOptions {
@@ -79,6 +121,7 @@ impl Default for SegmentOptions {
             min_component_voxels: PseudoLabelConfig::default().min_component_voxels,
             max_batch: NonZeroUsize::new(8).expect("8 is not 0"),
             error_map: false,
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -165,6 +208,10 @@ pub enum PipelineError {
     Output { model: String, output: String, problem: String },
     #[error("draft mask: {0}")]
     Mask(#[from] PseudoLabelError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
 }
 
 /// "vertebra #2 (L1)", or "vertebra #2" without a label.
@@ -250,9 +297,9 @@ impl<'a> ModelPair<'a> {
     }
 
     /// The normalised error maps of `crops` (windowed, `[z, y, x]` of the patch).
-    fn error_maps(&self, crops: &[Array3<f32>], max_batch: NonZeroUsize) -> Result<Vec<Array3<f32>>, PipelineError> {
+    fn error_maps(&self, crops: &[Array3<f32>], options: &SegmentOptions) -> Result<Vec<Array3<f32>>, PipelineError> {
         let input = &self.vae.manifest.inputs[0].name;
-        let errors = run_batched(self.vae, input, &self.vae_error, &[crops], max_batch)?;
+        let errors = run_batched(self.vae, input, &self.vae_error, &[crops], options)?;
         let ErrorInput { error_sigma, error_norm, .. } = self.error_input;
         Ok(errors
             .into_iter()
@@ -268,10 +315,10 @@ impl<'a> ModelPair<'a> {
         &self,
         crops: &[Array3<f32>],
         errors: &[Array3<f32>],
-        max_batch: NonZeroUsize,
+        options: &SegmentOptions,
     ) -> Result<Vec<Array3<f32>>, PipelineError> {
         let manifest = &self.unet.manifest;
-        run_batched(self.unet, &manifest.inputs[0].name, &manifest.outputs[0].name, &[crops, errors], max_batch)
+        run_batched(self.unet, &manifest.inputs[0].name, &manifest.outputs[0].name, &[crops, errors], options)
     }
 }
 
@@ -312,19 +359,21 @@ fn model_id(model: &LoadedModel) -> String {
 }
 
 /// Runs `model` on `channels` (each a list of `[z, y, x]` crops of one shape, all lists as
-/// long) as `[batch, channels, z, y, x]` in runs of at most `max_batch` crops; returns the
-/// one-channel `output` of every crop.
+/// long) as `[batch, channels, z, y, x]` in runs of at most `options.max_batch` crops,
+/// checking `options.interrupt` before each; returns the one-channel `output` of every crop.
 fn run_batched(
     model: &LoadedModel,
     input: &str,
     output: &str,
     channels: &[&[Array3<f32>]],
-    max_batch: NonZeroUsize,
+    options: &SegmentOptions,
 ) -> Result<Vec<Array3<f32>>, PipelineError> {
+    let max_batch = options.max_batch;
     let count = channels[0].len();
     let (d, h, w) = channels[0][0].dim();
     let mut results = Vec::with_capacity(count);
     for start in (0..count).step_by(max_batch.get()) {
+        options.interrupt.check()?;
         let end = (start + max_batch.get()).min(count);
         let mut batch = Array5::zeros((end - start, channels.len(), d, h, w));
         for (c, crops) in channels.iter().enumerate() {
@@ -339,15 +388,14 @@ fn run_batched(
 }
 
 /// One run of `model` on `batch` `[n, c, z, y, x]`; its `output`, checked `[n, 1, z, y, x]`.
-/// Holds the session's lock for the run alone.
+/// Holds one of the model's sessions for the run alone.
 fn run(model: &LoadedModel, input: &str, output: &str, batch: Array5<f32>) -> Result<Array5<f32>, PipelineError> {
     let failed = |source| PipelineError::Run { model: model_id(model), source };
     let bad_output =
         |problem: String| PipelineError::Output { model: model_id(model), output: output.to_string(), problem };
     let (n, _, d, h, w) = batch.dim();
     let tensor = TensorRef::from_array_view(batch.view()).map_err(failed)?;
-    // A panic elsewhere while holding the lock leaves the session as usable as before.
-    let mut session = model.session.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut session = model.sessions.get();
     let outputs = session.run(ort::inputs![input => tensor]).map_err(failed)?;
     let value = outputs.get(output).ok_or_else(|| bad_output("not among the graph's outputs".to_string()))?;
     let array = value.try_extract_array::<f32>().map_err(failed)?;
@@ -376,6 +424,7 @@ pub fn segment(
     let threshold = options.threshold.unwrap_or_else(|| models.default_threshold());
     let mask_config = PseudoLabelConfig { threshold, min_component_voxels: options.min_component_voxels };
     check_request(ct, vertebrae, fracture_boxes, &mask_config)?;
+    options.interrupt.check()?;
     let mut timings = StageTimings::default();
 
     let crop_error =
@@ -393,11 +442,12 @@ pub fn segment(
     timings.crop = started.elapsed();
 
     let started = Instant::now();
-    let errors = models.error_maps(&windowed, options.max_batch)?;
+    let errors = models.error_maps(&windowed, options)?;
     timings.vae = started.elapsed();
 
     let started = Instant::now();
-    let probabilities = models.probabilities(&windowed, &errors, options.max_batch)?;
+    let probabilities = models.probabilities(&windowed, &errors, options)?;
+    options.interrupt.check()?;
     timings.unet = started.elapsed();
 
     let started = Instant::now();
@@ -423,6 +473,7 @@ pub fn segment(
     let probability = stitch(|p| Some(&p.probability));
     let error_map = options.error_map.then(|| stitch(|p| p.error.as_ref()));
     timings.paste = started.elapsed();
+    options.interrupt.check()?;
 
     let started = Instant::now();
     let label = pseudo_label(&probability, fracture_boxes, &mask_config)?;

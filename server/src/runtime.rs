@@ -66,6 +66,15 @@ impl fmt::Display for ExecutionProvider {
     }
 }
 
+impl From<ExecutionProvider> for Device {
+    fn from(provider: ExecutionProvider) -> Self {
+        match provider {
+            ExecutionProvider::Cpu => Device::Cpu,
+            ExecutionProvider::Cuda => Device::Cuda,
+        }
+    }
+}
+
 /// How to build a session: where it runs and how many threads one operator may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSettings {

@@ -2,8 +2,10 @@
 //! repository, health and reflection) and graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,11 +15,14 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::metrics::{Metrics, serve_metrics};
 use crate::models::{ModelError, load_models};
 use crate::proto::{self, fracmap_server::FracmapServer};
 use crate::repository::{ModelRepository, RepositoryError};
 use crate::runtime::{Device, ExecutionProvider, OnnxRuntime, RuntimeError, SessionSettings};
-use crate::service::FracmapService;
+use crate::security::{BearerAuth, SecurityError, TlsSettings, server_tls_config};
+use crate::segment_request::MESSAGE_OVERHEAD;
+use crate::service::{FracmapService, ServiceError, ServiceSettings};
 
 /// What a server needs besides its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +39,15 @@ pub struct ServerConfig {
     /// How long requests in flight may run on once shutdown begins. Bounded because a
     /// client's open stream (a health Watch, say) would otherwise hold the server forever.
     pub shutdown_grace: Duration,
+    /// Segmentation: default model, limits, workers (sessions per model), queue, batch.
+    pub service: ServiceSettings,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// TLS for the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Bearer tokens that `fracmap.v1.Fracmap` accepts; empty: no check. Health and
+    /// reflection stay open, as load balancers and grpcurl expect.
+    pub bearer_tokens: Vec<String>,
 }
 
 impl ServerConfig {
@@ -45,6 +59,10 @@ impl ServerConfig {
             intra_threads: default_intra_threads(),
             models: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            service: ServiceSettings::default(),
+            metrics: None,
+            tls: None,
+            bearer_tokens: Vec::new(),
         }
     }
 }
@@ -66,6 +84,12 @@ pub enum ServerError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("cannot listen for metrics on {address}")]
+    MetricsListen { address: SocketAddr, source: std::io::Error },
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listening socket's address")]
@@ -101,12 +125,27 @@ pub async fn serve(
         ExecutionProvider::Cuda => config.device,
     };
     let settings = SessionSettings { device, intra_threads: config.intra_threads };
+    let sessions = config.service.workers;
     let models = match &config.models {
-        Some(root) => load_models(runtime, &ModelRepository::scan(root)?, &settings)?,
+        Some(root) => load_models(runtime, &ModelRepository::scan(root)?, &settings, sessions)?,
         None => Vec::new(),
     };
     let model_count = models.len();
-    let fracmap = FracmapServer::new(FracmapService::new(runtime, provider, config.intra_threads, models));
+    let metrics = Arc::new(Metrics::new());
+    let service = FracmapService::new(
+        runtime,
+        provider,
+        config.intra_threads,
+        models,
+        config.service.clone(),
+        Arc::clone(&metrics),
+    )?;
+    // A chunk of the largest size the limits allow, with its framing, and no larger.
+    let message_limit = config.service.limits.max_chunk_bytes + MESSAGE_OVERHEAD;
+    let fracmap =
+        FracmapServer::new(service).max_decoding_message_size(message_limit).max_encoding_message_size(message_limit);
+    let auth = BearerAuth::new(config.bearer_tokens.clone())?;
+    let tls = config.tls.as_ref().map(server_tls_config).transpose()?;
 
     // Each reflection version would describe only itself; both describe everything served.
     let reflection = || {
@@ -131,12 +170,25 @@ pub async fn serve(
         onnx_runtime = runtime.version(),
         "serving fracmap.v1.Fracmap"
     );
+    let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(address) = config.metrics {
+        let metrics_listener =
+            TcpListener::bind(address).await.map_err(|source| ServerError::MetricsListen { address, source })?;
+        tracing::info!(address = %metrics_listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(serve_metrics(Arc::clone(&metrics), metrics_listener, async {
+            let _ = metrics_stopped.await;
+        }));
+    }
     let (draining, drain_started) = oneshot::channel::<()>();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(fracmap)
+        .add_service(tonic::service::interceptor::InterceptedService::new(fracmap, auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: finishing the requests in flight");
@@ -157,6 +209,7 @@ pub async fn serve(
             config.shutdown_grace
         ),
     }
+    let _ = metrics_stop.send(());
     tracing::info!("stopped");
     Ok(())
 }

@@ -82,11 +82,11 @@ impl TestServer {
 
 fn cpu_config(models: Option<PathBuf>) -> ServerConfig {
     ServerConfig {
-        ort_library: default_library_path(),
         device: Device::Cpu,
         intra_threads: INTRA_THREADS,
         models,
         shutdown_grace: SHUTDOWN_GRACE,
+        ..ServerConfig::new(default_library_path())
     }
 }
 

@@ -4,143 +4,36 @@
 //! affine and two vertebrae whose crops overlap. One vertebra is recomputed with the Burn
 //! models the graphs came from.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fracmap_core::error_norm::normalise_error;
-use fracmap_core::model_manifest::{
-    Dim, ErrorInput, ErrorNormalisation, ExportRecord, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, ModelManifest,
-    OnnxFile, Preprocessing, TensorSpec, TrainingRecord, Validation,
-};
+use fracmap_core::model_manifest::{Dim, ModelManifest};
 use fracmap_core::smoothing::gaussian_smooth;
 use fracmap_core::vertebra_crop::{AIR_HU, CropSpec, cut_vertebra};
 use fracmap_core::volume::Affine;
-use fracmap_core::{Box3, ErrorNorm, HuWindow, Volume};
+use fracmap_core::{Box3, ErrorNorm, Volume};
 use fracmap_server::models::{LoadedModel, load_models};
 use fracmap_server::pipeline::{ModelPair, PipelineError, SegmentOptions, Segmentation, Vertebra, segment};
 use fracmap_server::repository::ModelRepository;
 use fracmap_server::runtime::default_library_path;
 use fracmap_server::{OnnxRuntime, SessionSettings};
-use fracmap_trainer::onnx::graph::{IR_VERSION, OPSET};
-use fracmap_trainer::onnx::unet::{unet_onnx, unet_signature};
-use fracmap_trainer::onnx::vae::{ERROR, vae_onnx, vae_signature};
-use fracmap_trainer::vae::config::ModelConfig;
-use fracmap_trainer::vae::model::Vae;
-use fracmap_trainer::weak::model::{UNet, UNetConfig};
 use ndarray::{Array3, s};
+
+#[path = "common/tiny_pair.rs"]
+mod tiny_pair;
+use tiny_pair::*;
 
 /// Largest difference allowed between the pipeline (ONNX Runtime) and the Burn models on a
 /// probability or a normalised error, as in the trainer's parity tests: float32 with other
 /// summation orders, through a per-crop normalisation and two linear resamplings.
 const TOLERANCE: f32 = 1e-4;
 
-const PATCH: [usize; 3] = [8, 8, 8];
 const CT_SHAPE: [usize; 3] = [28, 40, 40];
 /// `[z, y, x]` mm: thicker slices than the crops' 2 mm in z, thinner in y and x.
 const CT_SPACING: [f64; 3] = [1.5, 1.0, 1.0];
-const ERROR_SIGMA: f32 = 1.0;
-const VAE_RUN: &str = "/runs/vae";
-const VAE_EPOCH: usize = 7;
-const MASK_THRESHOLD: f32 = 0.42;
-const VAE_SEED: u64 = 3;
-const UNET_SEED: u64 = 4;
-
-fn preprocessing() -> Preprocessing {
-    Preprocessing {
-        spacing_mm: [2.0; 3],
-        margin_mm: 3.0,
-        hu_window: HuWindow::new(-250.0, 1250.0).unwrap(),
-        patch: PATCH,
-    }
-}
-
-fn vae_model() -> Vae {
-    ModelConfig { input_shape: PATCH, base_channels: 2, levels: 2, latent_dim: 4, ..Default::default() }
-        .init(&Device::flex(), VAE_SEED)
-}
-
-/// Untrained, with the output prior at even odds, so that probabilities spread around 0.5.
-fn unet_model() -> UNet {
-    UNetConfig { input_shape: PATCH, base_channels: 2, levels: 2, output_prior: 0.5, ..Default::default() }
-        .init(&Device::flex(), UNET_SEED)
-}
-
-/// A manifest as `fracmap-train export` writes one, without the numbers of a training run.
-fn manifest(name: &str, onnx: &[u8], (inputs, outputs): (Vec<TensorSpec>, Vec<TensorSpec>)) -> ModelManifest {
-    ModelManifest {
-        format: MANIFEST_FORMAT,
-        name: name.to_string(),
-        version: 1,
-        architecture: name.to_string(),
-        config: Default::default(),
-        onnx: OnnxFile::of(onnx, OPSET as u32, IR_VERSION as u32),
-        inputs,
-        outputs,
-        preprocessing: preprocessing(),
-        error_normalisation: None,
-        error_input: None,
-        mask_threshold: None,
-        notes: vec![],
-        training: None,
-        validation: None,
-        evaluation: None,
-        exported: ExportRecord { at: 0, tool: "pipeline test".to_string(), git_revision: None },
-    }
-}
-
-fn vae_manifest(onnx: &[u8], vae: &Vae) -> ModelManifest {
-    ModelManifest {
-        error_normalisation: Some(ErrorNormalisation {
-            output: ERROR.to_string(),
-            definition: "|ct - reconstruction|".to_string(),
-            hu_per_unit: 1500.0,
-        }),
-        training: Some(TrainingRecord {
-            run: PathBuf::from(VAE_RUN),
-            data: PathBuf::from("/data/manifest.json"),
-            test_fold: 0,
-            validation_fold: 1,
-            folds: 5,
-            train_crops: 1,
-            validation_crops: 1,
-            git_revision: None,
-            started: 0,
-        }),
-        validation: Some(Validation {
-            checkpoint: "epoch-0007".to_string(),
-            selected: "best".to_string(),
-            epoch: VAE_EPOCH,
-            best_epoch: Some(VAE_EPOCH),
-            best_val_loss: None,
-            metrics: BTreeMap::new(),
-        }),
-        ..manifest("vae", onnx, vae_signature(vae))
-    }
-}
-
-fn unet_manifest(onnx: &[u8], unet: &UNet) -> ModelManifest {
-    ModelManifest {
-        error_input: Some(ErrorInput {
-            vae_run: PathBuf::from(VAE_RUN),
-            vae_epoch: VAE_EPOCH,
-            error_sigma: ERROR_SIGMA,
-            error_norm: ErrorNorm::default(),
-        }),
-        mask_threshold: Some(MASK_THRESHOLD),
-        ..manifest("unet", onnx, unet_signature(unet))
-    }
-}
-
-fn write_version(root: &Path, manifest: &ModelManifest, onnx: &[u8]) {
-    let dir = root.join(&manifest.name).join(manifest.version.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(MODEL_FILE), onnx).unwrap();
-    std::fs::write(dir.join(MANIFEST_FILE), manifest.to_json()).unwrap();
-}
 
 /// The pair of tiny models, loaded from a repository of their own.
 struct Models {
@@ -158,18 +51,13 @@ impl Models {
 /// Exports the tiny models with manifests changed by `edit(vae, unet)` into a new repository
 /// and loads them on CPU.
 fn load(edit: impl FnOnce(&mut ModelManifest, &mut ModelManifest)) -> Models {
-    let (vae, unet) = (vae_model(), unet_model());
-    let (vae_bytes, unet_bytes) = (vae_onnx(&vae).unwrap(), unet_onnx(&unet).unwrap());
-    let (mut vae_manifest, mut unet_manifest) = (vae_manifest(&vae_bytes, &vae), unet_manifest(&unet_bytes, &unet));
-    edit(&mut vae_manifest, &mut unet_manifest);
     let repository = tempfile::tempdir().unwrap();
-    write_version(repository.path(), &vae_manifest, &vae_bytes);
-    write_version(repository.path(), &unet_manifest, &unet_bytes);
+    write_repository(repository.path(), edit);
     let scanned = ModelRepository::scan(repository.path()).unwrap();
     assert!(scanned.skipped().is_empty(), "{:?}", scanned.skipped());
     let runtime = OnnxRuntime::init(&default_library_path()).unwrap_or_else(|error| panic!("{error}"));
     let settings = SessionSettings { device: fracmap_server::Device::Cpu, intra_threads: NonZeroUsize::MIN };
-    let mut loaded = load_models(runtime, &scanned, &settings).unwrap();
+    let mut loaded = load_models(runtime, &scanned, &settings, NonZeroUsize::MIN).unwrap();
     let vae = loaded.pop().unwrap();
     let unet = loaded.pop().unwrap();
     assert_eq!((vae.manifest.name.as_str(), unet.manifest.name.as_str()), ("vae", "unet"));

@@ -2,8 +2,8 @@
 # The main job, end to end, on a fresh machine: install what is missing, build, generate a
 # small phantom dataset, check it, cut and cache vertebra crops, draw the cases, train and
 # evaluate the quick VAE, train the weak U-Net on its error maps from fracture boxes, export
-# both to a model repository, then start the inference server
-# on that repository and ask it what it runs.
+# both to a model repository; then start the inference server on the shipped default models
+# (models/), send it a phantom CT from the command-line client and write what comes back.
 # Everything lands in runs/demo/ (a new run replaces the previous one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,19 +41,44 @@ rm -rf "$out/models"
 "$bin/fracmap-train" export --run "$out/vae" --out "$out/models"
 "$bin/fracmap-train" export --run "$out/weak_box" --out "$out/models" --name unet_box
 
-step "server: start on the model repository, ask what it runs, stop"
-port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin/fracmap-server" --listen "127.0.0.1:$port" --device auto --models "$out/models" > "$out/server.log" 2>&1 &
+step "server: serve the shipped default models (models/, see scripts/default-models.sh) with metrics"
+free_port() { .venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
+server="http://127.0.0.1:$port"
+"$bin/fracmap-server" --listen "127.0.0.1:$port" --device auto --models models \
+  --metrics-listen "127.0.0.1:$metrics_port" > "$out/server.log" 2>&1 &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  "$bin/fracmap" info --server "http://127.0.0.1:$port" --connect-timeout 1 > /dev/null 2>&1 && break
+for _ in $(seq 100); do
+  "$bin/fracmap" info --server "$server" --connect-timeout 1 > /dev/null 2>&1 && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$out/server.log"; echo "demo: the server exited" >&2; exit 1; }
   sleep 0.2
 done
-"$bin/fracmap" info --server "http://127.0.0.1:$port"
+"$bin/fracmap" info --server "$server"
 echo "services (reflection, as grpcurl sees them):"
 .venv/bin/grpcurl -plaintext "127.0.0.1:$port" list | sed 's/^/  /'
+
+step "segment: the client sends a phantom CT with its vertebrae's body boxes; probability, mask, overlays and summary come back"
+# The first test-fold case with a fracture, and its body boxes as --box LABEL=z0:z1,y0:y1,x0:x1.
+read -r ct boxes < <(.venv/bin/python - "$out/data/manifest.json" <<'PY'
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+cases = [c for c in manifest["cases"] if c.get("fold") == 0] or manifest["cases"]
+case = next((c for c in cases if any(v["status"] != "normal" for v in c["vertebrae"])), cases[0])
+span = lambda b, a: f"{b[a][0]}:{b[a][1]}"
+boxes = [f"--box={v['level']}={span(v['body_box'], 'z')},{span(v['body_box'], 'y')},{span(v['body_box'], 'x')}"
+         for v in case["vertebrae"]]
+print(case["ct"], " ".join(boxes))
+PY
+)
+rm -rf "$out/segment"
+# shellcheck disable=SC2086 # the boxes are separate arguments
+"$bin/fracmap" segment "$out/data/$ct" $boxes --out "$out/segment" --server "$server"
+ls -l "$out/segment" | sed 's/^/  /'
+echo "metrics (Prometheus, http://127.0.0.1:$metrics_port/metrics):"
+.venv/bin/python -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
+  "http://127.0.0.1:$metrics_port/metrics" | grep -E '^fracmap_(requests_total|models_loaded)' | sed 's/^/  /'
 kill -TERM "$server_pid"
 wait "$server_pid"
 trap - EXIT

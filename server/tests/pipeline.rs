@@ -16,7 +16,7 @@ use fracmap_core::vertebra_crop::{AIR_HU, CropSpec, cut_vertebra};
 use fracmap_core::volume::Affine;
 use fracmap_core::{Box3, ErrorNorm, Volume};
 use fracmap_server::models::{LoadedModel, load_models};
-use fracmap_server::pipeline::{ModelPair, PipelineError, SegmentOptions, Segmentation, Vertebra, segment};
+use fracmap_server::pipeline::{Interrupt, ModelPair, PipelineError, SegmentOptions, Segmentation, Vertebra, segment};
 use fracmap_server::repository::ModelRepository;
 use fracmap_server::runtime::default_library_path;
 use fracmap_server::{OnnxRuntime, SessionSettings};
@@ -351,4 +351,18 @@ fn an_onnx_runtime_failure_names_the_model() {
     let error = segment(&ct(), &[l1()], &[], &models.pair(), &SegmentOptions::default()).unwrap_err();
     assert!(matches!(&error, PipelineError::Run { model, .. } if model == "vae version 1"), "{error:?}");
     assert!(error.to_string().starts_with("model vae version 1: ONNX Runtime failed: "), "{error}");
+}
+
+#[test]
+fn a_cancelled_or_expired_request_stops_before_its_model_runs() {
+    let cancelled = Interrupt::default();
+    cancelled.cancel();
+    let options = SegmentOptions { interrupt: cancelled, ..SegmentOptions::default() };
+    assert!(matches!(run_err(&ct(), &[l1()], &[], &options), PipelineError::Cancelled));
+    let expired = Interrupt::new(Some(std::time::Instant::now()));
+    let options = SegmentOptions { interrupt: expired, ..SegmentOptions::default() };
+    assert!(matches!(run_err(&ct(), &[l1()], &[], &options), PipelineError::DeadlineExceeded));
+    // A deadline to come does not stop it.
+    let later = Interrupt::new(Some(std::time::Instant::now() + std::time::Duration::from_secs(600)));
+    run(&[l1()], &SegmentOptions { interrupt: later, ..SegmentOptions::default() });
 }

@@ -484,6 +484,24 @@ mod tests {
         check_exposition(&metrics.render()).unwrap();
     }
 
+    #[test]
+    fn exposition_check_rejects_malformed_text() {
+        let declared = "# HELP fracmap_x X.\n# TYPE fracmap_x gauge\n";
+        check_exposition(&format!("{declared}fracmap_x 1\n")).unwrap();
+        for malformed in [
+            format!("{declared}fracmap_x 1"),
+            format!("{declared}fracmap_x one\n"),
+            format!("{declared}fracmap_y 1\n"),
+            format!("{declared}fracmap_x{{a=\"\\q\"}} 1\n"),
+            format!("{declared}fracmap_x{{a=\"1\"b=\"2\"}} 1\n"),
+            format!("{declared}fracmap_x 1\nfracmap_x 2\n"),
+            format!("{declared}{declared}"),
+            "# TYPE fracmap_x gauge\nfracmap_x 1\n".to_owned(),
+        ] {
+            assert!(check_exposition(&malformed).is_err(), "accepted:\n{malformed}");
+        }
+    }
+
     /// Checks text against the exposition format 0.0.4 line grammar: HELP then TYPE before a
     /// family's samples, families sorted and declared once, samples named after their family
     /// (with `_bucket`, `_sum`, `_count` for histograms), well-formed labels, float values,
@@ -546,8 +564,11 @@ mod tests {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     }
 
-    /// `name{label="value",...} value` into its parts, label values unescaped.
-    fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, String)> {
+    /// A sample's name, labels with their values unescaped, and value as written.
+    type Sample = (String, Vec<(String, String)>, String);
+
+    /// `name{label="value",...} value` into its parts.
+    fn parse_sample(line: &str) -> Option<Sample> {
         let name_end = line.find(['{', ' '])?;
         let name = &line[..name_end];
         let mut rest = &line[name_end..];

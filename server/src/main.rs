@@ -177,3 +177,59 @@ fn server_config(args: Args, file: FileConfig) -> anyhow::Result<ServerConfig> {
         bearer_tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("fracmap-server").chain(flags.iter().copied())).unwrap()
+    }
+
+    fn file(text: &str) -> FileConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, text).unwrap();
+        FileConfig::load(&path).unwrap()
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let from_file =
+            file("models = \"/srv/models\"\nshutdown_grace_seconds = 3\n[inference]\nsessions = 2\nqueue = 5\n");
+        let config = server_config(args(&["--queue", "1", "--device", "cpu"]), from_file).unwrap();
+        assert_eq!(config.service.queue, 1, "the flag");
+        assert_eq!(config.service.workers.get(), 2, "the file");
+        assert_eq!(config.models.as_deref(), Some(Path::new("/srv/models")));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(config.device, Device::Cpu);
+        assert_eq!(config.service.max_batch.get(), 8, "the default");
+        assert_eq!(config.service.limits, Limits::default());
+        assert!(config.tls.is_none() && config.bearer_tokens.is_empty() && config.metrics.is_none());
+    }
+
+    #[test]
+    fn sessions_share_the_cores_unless_threads_are_given() {
+        let cores = default_intra_threads().get();
+        let config = server_config(args(&["--sessions", "2"]), FileConfig::default()).unwrap();
+        assert_eq!(config.intra_threads.get(), (cores / 2).max(1));
+        let config = server_config(args(&["--sessions", "2", "--threads", "3"]), FileConfig::default()).unwrap();
+        assert_eq!(config.intra_threads.get(), 3);
+    }
+
+    #[test]
+    fn a_chunk_limit_out_of_range_is_an_error_naming_the_flag() {
+        let error = server_config(args(&["--max-chunk-bytes", "1000"]), FileConfig::default()).unwrap_err();
+        assert!(error.to_string().contains("--max-chunk-bytes 1000 is outside 65536..=67108864"), "{error}");
+    }
+
+    #[test]
+    fn tls_flags_need_each_other() {
+        assert!(Args::try_parse_from(["fracmap-server", "--tls-cert", "a.pem"]).is_err());
+        let config =
+            server_config(args(&["--tls-cert", "a.pem", "--tls-key", "a.key"]), FileConfig::default()).unwrap();
+        assert_eq!(config.tls.unwrap().key, PathBuf::from("a.key"));
+    }
+}

@@ -2,6 +2,7 @@
 //! TOML configuration (flags win), sets up logging, binds the socket and hands over to
 //! [`fracmap_server::serve`].
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
@@ -109,7 +110,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format.or(file.log_format).unwrap_or(LogFormat::Text) {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        // Colours only for a person at a terminal, not in a log file.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
         LogFormat::Json => {
             tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
         }

@@ -18,8 +18,9 @@ use tonic_health::pb::health_client::HealthClient;
 #[derive(Args)]
 #[command(next_help_heading = "Server")]
 pub struct ConnectArgs {
-    /// The server, e.g. http://127.0.0.1:50051 (https://... for TLS).
-    #[arg(long, global = true, default_value = "http://127.0.0.1:50051", env = "FRACMAP_SERVER")]
+    /// The server, e.g. http://127.0.0.1:50051 (https://... for TLS); `--target` says the same
+    /// (the load tester's word).
+    #[arg(long, visible_alias = "target", global = true, default_value = "http://127.0.0.1:50051", env = "FRACMAP_SERVER")]
     pub server: String,
     /// Seconds to wait for the connection.
     #[arg(long, global = true, default_value_t = 10)]

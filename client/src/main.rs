@@ -4,13 +4,16 @@
 //! - [`info`]: `fracmap info` and `fracmap models`.
 //! - [`segment`]: `fracmap segment`, the request and its answer; [`boxes`] parses the boxes
 //!   it takes, [`assembly`] puts the answer's volumes together, [`outputs`] writes them.
+//! - [`report`]: `fracmap report` and `segment --report`: a case's outputs as one HTML page.
 
 mod assembly;
 mod boxes;
 mod connection;
 mod info;
+mod load;
 mod outputs;
 mod progress;
+mod report;
 mod segment;
 
 use std::time::Duration;
@@ -19,6 +22,7 @@ use clap::{Parser, Subcommand};
 use tonic::{Code, Status};
 
 use crate::connection::{ConnectArgs, connect};
+use crate::report::ReportArgs;
 use crate::segment::SegmentArgs;
 
 #[derive(Parser)]
@@ -42,6 +46,11 @@ enum Command {
     /// Send a CT with its vertebrae; write the fracture probability map, draft mask, heat maps
     /// and a summary into --out.
     Segment(SegmentArgs),
+    /// Write report.html into a folder `segment` wrote: the vertebrae, heat maps and 3D views.
+    Report(ReportArgs),
+    /// Load-test the server (--server is the target): send one CT again and again, in a closed
+    /// loop or at a fixed --rate; report throughput, latency percentiles and errors by status.
+    Load(load::LoadArgs),
 }
 
 impl Command {
@@ -50,11 +59,14 @@ impl Command {
             Command::Info => "info",
             Command::Models => "models",
             Command::Segment(_) => "segment",
+            Command::Report(_) => "report",
+            Command::Load(_) => "load",
         }
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+// Several threads: `fracmap load` keeps many requests in flight and must not be the bottleneck.
+#[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let command = cli.command.name();
@@ -64,12 +76,18 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The report reads files only: no server to reach.
+    if let Command::Report(args) = &cli.command {
+        return report::report(args);
+    }
     let connection = connect(&cli.connect).await?;
     let timeout = Duration::from_secs(cli.timeout);
     match cli.command {
         Command::Info => info::info(&connection, &cli.connect.server, timeout).await,
         Command::Models => info::models(&connection, timeout).await,
         Command::Segment(args) => segment::segment(connection.fracmap(), args, timeout).await,
+        Command::Load(args) => load::load(connection, &cli.connect, args, timeout).await,
+        Command::Report(_) => unreachable!("answered above without a connection"),
     }
 }
 

@@ -29,6 +29,7 @@ use crate::connection::Client;
 use crate::info::with_deadline;
 use crate::outputs::{display_name, write_outputs};
 use crate::progress::Progress;
+use crate::report;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("which vertebrae").required(true).args(["vertebrae", "boxes"])))]
@@ -60,6 +61,9 @@ pub struct SegmentArgs {
     /// Also receive and write the VAE error map the model read.
     #[arg(long)]
     error_map: bool,
+    /// Also write report.html (and scene.glb) into --out, as `fracmap report` does.
+    #[arg(long)]
+    report: bool,
     /// Read the volumes here and send float32 voxels rather than the NIfTI files' bytes.
     #[arg(long)]
     raw: bool,
@@ -107,6 +111,10 @@ pub async fn segment(client: Client, args: SegmentArgs, timeout: Duration) -> Re
     let written = write_outputs(&args.out, &summary, &outputs, &ct)?;
     print_table(&summary);
     println!("wrote {} files to {}: {}", written.len(), args.out.display(), written.join(", "));
+    if args.report {
+        let written = report::write_report(&args.out, &args.ct, &ct, &outputs.probability, &outputs.mask)?;
+        println!("wrote {}", written.join(", "));
+    }
     Ok(())
 }
 
@@ -127,12 +135,12 @@ fn header(args: &SegmentArgs, uploads: &[Upload]) -> SegmentHeader {
 }
 
 /// A volume to send: a NIfTI file's bytes, or voxels read here and sent raw.
-struct Upload {
+pub struct Upload {
     path: PathBuf,
-    description: VolumeDescription,
+    pub description: VolumeDescription,
     source: Source,
     /// The request part its chunks travel in.
-    part: fn(Vec<u8>) -> RequestPart,
+    pub part: fn(Vec<u8>) -> RequestPart,
 }
 
 enum Source {
@@ -141,7 +149,7 @@ enum Source {
 }
 
 impl Upload {
-    fn open(path: &Path, raw: bool, part: fn(Vec<u8>) -> RequestPart) -> Result<Self> {
+    pub fn open(path: &Path, raw: bool, part: fn(Vec<u8>) -> RequestPart) -> Result<Self> {
         let (description, source) = if raw {
             let volume = read_volume(path)?;
             let grid = volume.grid();
@@ -172,7 +180,7 @@ impl Upload {
 
     /// Hands `emit` chunks of at most `chunk_bytes` until the volume is sent or `emit` says
     /// the request is gone (returns false).
-    fn send_chunks(self, chunk_bytes: usize, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
+    pub fn send_chunks(self, chunk_bytes: usize, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
         let total = self.description.total_bytes;
         match self.source {
             Source::NiftiFile(mut file) => {

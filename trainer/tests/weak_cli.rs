@@ -62,8 +62,14 @@ fn a_weak_run_trains_scores_its_test_fold_and_refuses_to_overwrite() {
     let run = dir.path().join("weak");
     let run_arg = run.to_str().unwrap();
     let args = ["weak", "--config", &boxes, "--data", manifest, "--vae", vae_arg, "--out", run_arg];
-    let (stdout, _) = ok(train_cli(&args));
+    let (stdout, stderr) = ok(train_cli(&args));
     assert!(stdout.contains("test fold Dice"), "{stdout}");
+    // The heat maps of the fractured test vertebrae, when the test fold has one with a mask.
+    let drew = run.join("heatmaps.png").is_file();
+    assert!(drew != stderr.contains("no fractured test vertebra with a true mask to draw"), "{stderr}");
+    if drew {
+        assert!(std::fs::read(run.join("heatmaps.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
     for file in ["run.json", "config.toml", "vae.json", "metrics.csv", "model_best.bpk", "model_last.bpk", "drafts.csv"]
     {
         assert!(run.join(file).is_file(), "{file} missing");

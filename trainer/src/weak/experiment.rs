@@ -23,15 +23,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use fracmap_core::fsutil::write_atomic;
-use fracmap_core::geometry::bounding_box;
-use fracmap_core::heatmap::{HeatmapOptions, WeakLabel, heatmap_plane};
-use fracmap_core::picture::{DisplayWindow, Plane, RgbImage, draw_text, tiled, write_png};
+use fracmap_core::picture::write_png;
 use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Supervision, WeakConfig};
 use super::data::Sample;
 use super::eval::{MapMetrics, score_maps};
+use super::pictures::heatmap_sheet;
 use super::run::{FoldMaps, FoldSamples, TEST_METRICS_FILE, fold_samples, load_frozen_vae, train_on_fold};
 use super::train::BEST_MODEL_FILE;
 use crate::device::{DeviceChoice, select_device};
@@ -39,7 +38,6 @@ use crate::manifest::Status;
 use crate::progress::ProgressLine;
 use crate::vae::checkpoint::{self, Which};
 use crate::vae::config::VaeConfig;
-use crate::vae::eval::{centroid, upscale};
 use crate::vae::run::{VaeTrainRequest, train_vae};
 
 /// What `fracmap-train experiment box-vs-slice` was asked.
@@ -63,6 +61,8 @@ pub struct ExperimentRequest {
 pub const METHODS: [&str; 6] =
     ["A: slice labels", "B: box labels", "VAE error alone", "box filled", "B inside the box", "fully supervised"];
 /// Indices in [`METHODS`].
+/// The methods' column titles in the heat-map sheet.
+const METHOD_TITLES: [&str; 6] = ["A SLICE", "B BOX", "VAE", "BOX FILL", "B IN BOX", "FULL"];
 const B: usize = 1;
 const FILLED: usize = 3;
 const FULL: usize = 5;
@@ -158,7 +158,8 @@ pub fn run_experiment(request: &ExperimentRequest) -> Result<Vec<FoldResult>> {
         let path = dir.join("metrics.json");
         write_atomic(&path, &serde_json::to_vec_pretty(&result)?).with_context(|| path.display().to_string())?;
         let thresholds: Vec<f32> = result.methods.iter().map(|m| m.threshold).collect();
-        match heatmap_sheet(&samples.test, &maps, &thresholds, request.pictures)? {
+        let maps: Vec<&[Array3<f32>]> = maps.iter().map(Vec::as_slice).collect();
+        match heatmap_sheet(&samples.test, &maps, &METHOD_TITLES, &thresholds, request.pictures)? {
             Some(picture) => {
                 let path = dir.join("heatmaps.png");
                 write_png(&path, &picture).with_context(|| path.display().to_string())?;
@@ -236,52 +237,6 @@ fn unet_method(
 }
 
 /// About how wide one panel is drawn, pixels.
-const PANEL_SIZE: usize = 160;
-
-/// Rows: up to `count` fractured test vertebrae with a true mask; columns: the CT, then each
-/// method's map over it at its threshold, sagittal through the fracture's centre. The truth
-/// is outlined in red, the fracture box in cyan. `None` when there is no such vertebra.
-fn heatmap_sheet(
-    test: &[Sample],
-    maps: &[Vec<Array3<f32>>],
-    thresholds: &[f32],
-    count: usize,
-) -> Result<Option<RgbImage>> {
-    let chosen: Vec<usize> = (0..test.len())
-        .filter(|&i| test[i].truth.as_ref().is_some_and(|t| t.iter().any(|v| *v)))
-        .filter(|&i| test[i].entry.status == Status::Fractured)
-        .take(count)
-        .collect();
-    if chosen.is_empty() {
-        return Ok(None);
-    }
-    let titles = ["CT", "A SLICE", "B BOX", "VAE", "BOX FILL", "B IN BOX", "FULL"];
-    let mut panels = Vec::new();
-    for &i in &chosen {
-        let sample = &test[i];
-        let truth = sample.truth.as_ref().expect("chosen for its truth");
-        let point = centroid(truth);
-        let weak_label = bounding_box(&sample.box_in).map(WeakLabel::Box);
-        for (column, title) in titles.iter().enumerate() {
-            let prob = match column {
-                0 => None,
-                m => Some(sample.ct.with_data(maps[m - 1][i].clone())?),
-            };
-            let options = HeatmapOptions {
-                threshold: if column == 0 { 0.5 } else { thresholds[column - 1] },
-                window: DisplayWindow { low: 0.0, high: 1.0 },
-                truth: Some(truth),
-                weak_label,
-                ..HeatmapOptions::default()
-            };
-            let panel = heatmap_plane(&sample.ct, prob.as_ref(), Plane::Sagittal, point[2], &options)?;
-            let mut panel = upscale(&panel, (PANEL_SIZE / panel.width.max(1)).max(1));
-            draw_text(&mut panel, 3, 3, title, 2, [255, 255, 0]);
-            panels.push(panel);
-        }
-    }
-    Ok(Some(tiled(&panels, titles.len(), 4)))
-}
 
 fn summary_line(result: &FoldResult) -> String {
     let dice: Vec<String> =

@@ -17,5 +17,6 @@ pub mod experiment;
 pub mod loss;
 pub mod masks;
 pub mod model;
+pub mod pictures;
 pub mod run;
 pub mod train;

@@ -8,7 +8,8 @@
 //! Run folder: `run.json`, `config.toml`, `vae.json` (the VAE run and epoch the error maps
 //! came from), `metrics.csv`, `model_best.bpk`, `model_last.bpk`, `test.json` (the test
 //! fold's numbers, see `eval.rs`), `drafts/` and `drafts.csv` (the test crops' draft masks,
-//! see [`write_drafts`]).
+//! see [`write_drafts`]), `heatmaps.png` (fractured test vertebrae, sagittal, the map over
+//! the CT with the truth and the box outlined).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use burn::prelude::*;
 use fracmap_core::Box3;
 use fracmap_core::fsutil::write_atomic;
 use fracmap_core::geometry::bounding_box;
+use fracmap_core::picture::write_png;
 use fracmap_core::pseudo_label::{PseudoLabelConfig, pseudo_label, write_pseudo_label};
 use ndarray::Array3;
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,7 @@ use super::config::WeakConfig;
 use super::data::{Sample, load_samples};
 use super::eval::{MapMetrics, choose_threshold, predict, score_maps};
 use super::model::UNet;
+use super::pictures::heatmap_sheet;
 use super::train::{BEST_MODEL_FILE, WeakEvent, WeakTrainRun, term_names};
 use crate::crops::{self, CropIndex};
 use crate::device::{DeviceChoice, select_device};
@@ -39,6 +42,9 @@ pub const VAE_RECORD_FILE: &str = "vae.json";
 pub const TEST_METRICS_FILE: &str = "test.json";
 /// Draft masks of the test crops, and their table.
 pub const DRAFTS_DIR: &str = "drafts";
+pub const HEATMAPS_FILE: &str = "heatmaps.png";
+/// Fractured test vertebrae drawn in [`HEATMAPS_FILE`].
+const HEATMAP_VERTEBRAE: usize = 6;
 pub const DRAFTS_TABLE: &str = "drafts.csv";
 
 /// What `fracmap-train weak` was asked.
@@ -295,5 +301,12 @@ pub fn train_weak(request: &WeakTrainRequest) -> Result<MapMetrics> {
     let path = request.out.join(TEST_METRICS_FILE);
     write_atomic(&path, &serde_json::to_vec_pretty(&metrics)?).with_context(|| path.display().to_string())?;
     write_drafts(&maps.test, &samples.test, metrics.threshold, &request.out)?;
+    match heatmap_sheet(&samples.test, &[&maps.test], &["U-NET"], &[metrics.threshold], HEATMAP_VERTEBRAE)? {
+        Some(picture) => {
+            let path = request.out.join(HEATMAPS_FILE);
+            write_png(&path, &picture).with_context(|| path.display().to_string())?;
+        }
+        None => eprintln!("no fractured test vertebra with a true mask to draw"),
+    }
     Ok(metrics)
 }

@@ -236,8 +236,6 @@ fn unet_method(
     Ok(maps)
 }
 
-/// About how wide one panel is drawn, pixels.
-
 fn summary_line(result: &FoldResult) -> String {
     let dice: Vec<String> =
         METHODS.iter().zip(&result.methods).map(|(name, m)| format!("{name} Dice {:.3}", m.dice)).collect();

@@ -20,7 +20,13 @@ use tonic_health::pb::health_client::HealthClient;
 pub struct ConnectArgs {
     /// The server, e.g. http://127.0.0.1:50051 (https://... for TLS); `--target` says the same
     /// (the load tester's word).
-    #[arg(long, visible_alias = "target", global = true, default_value = "http://127.0.0.1:50051", env = "FRACMAP_SERVER")]
+    #[arg(
+        long,
+        visible_alias = "target",
+        global = true,
+        default_value = "http://127.0.0.1:50051",
+        env = "FRACMAP_SERVER"
+    )]
     pub server: String,
     /// Seconds to wait for the connection.
     #[arg(long, global = true, default_value_t = 10)]
@@ -85,8 +91,10 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connection> {
         ),
         None => None,
     };
-    let mut endpoint =
-        Endpoint::from_shared(server.clone()).with_context(|| format!("--server {server:?} is not a URL"))?;
+    let mut endpoint = Endpoint::from_shared(server.clone())
+        .with_context(|| format!("--server {server:?} is not a URL"))?
+        .initial_stream_window_size(fracmap_proto::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(fracmap_proto::HTTP2_CONNECTION_WINDOW);
     if server.starts_with("https://") {
         endpoint = endpoint.tls_config(tls_config(args)?).context("TLS configuration")?;
     } else if args.ca_cert.is_some() || args.client_cert.is_some() {

@@ -180,7 +180,9 @@ pub async fn serve(
         }));
     }
     let (draining, drain_started) = oneshot::channel::<()>();
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .initial_stream_window_size(proto::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(proto::HTTP2_CONNECTION_WINDOW);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -366,3 +366,33 @@ fn a_cancelled_or_expired_request_stops_before_its_model_runs() {
     let later = Interrupt::new(Some(std::time::Instant::now() + std::time::Duration::from_secs(600)));
     run(&[l1()], &SegmentOptions { interrupt: later, ..SegmentOptions::default() });
 }
+
+#[test]
+fn the_draft_mask_is_core_pseudo_label_over_the_whole_grid() {
+    // Computed within the crops' reach only; the same as over every voxel, with fracture boxes
+    // inside, across and beyond that reach.
+    let low = SegmentOptions { threshold: Some(0.3), min_component_voxels: 2, ..SegmentOptions::default() };
+    let config = fracmap_core::PseudoLabelConfig { threshold: 0.3, min_component_voxels: 2 };
+    let boxes_cases: [Vec<Box3>; 4] = [
+        vec![],
+        vec![Box3::new([6, 14, 15], [10, 20, 20]).unwrap()],
+        vec![Box3::new([0, 0, 0], [9, 18, 18]).unwrap(), Box3::new([15, 20, 20], [28, 40, 40]).unwrap()],
+        vec![Box3::new([0, 0, 0], [2, 2, 2]).unwrap()],
+    ];
+    for boxes in boxes_cases {
+        let got = segment(&ct(), &[l1(), l2()], &boxes, &models().pair(), &low).unwrap();
+        let expected = fracmap_core::pseudo_label::pseudo_label(&got.probability, &boxes, &config).unwrap();
+        assert_eq!(got.mask, expected.mask, "boxes {boxes:?}");
+        assert_eq!(got.mask_voxels, expected.voxels);
+        assert!((got.confidence - expected.confidence).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn a_non_finite_voxel_is_found_and_counted() {
+    let mut ct = ct();
+    ct.data_mut()[[5, 7, 9]] = f32::INFINITY;
+    ct.data_mut()[[20, 1, 2]] = f32::NAN;
+    let error = run_err(&ct, &[l1()], &[], &SegmentOptions::default());
+    assert!(matches!(error, PipelineError::NonFiniteCt { count: 2, first: [5, 7, 9], .. }), "{error:?}");
+}

@@ -160,11 +160,96 @@ fn voxel_box(field: &str, voxel_box: Option<&VoxelBox>) -> Result<Box3, Status> 
     Box3::new(min, max).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
 }
 
-/// The bytes of a request's volumes.
-#[derive(Debug, Default)]
+/// One volume of a request as it arrives: a NIfTI file's bytes, or raw voxels converted to
+/// f32 chunk by chunk, so that the conversion overlaps the upload and a 300 MB int16 CT is
+/// never held as bytes and as floats at once.
+#[derive(Debug)]
+pub enum Payload {
+    Nifti(Vec<u8>),
+    Voxels {
+        voxel_type: VoxelType,
+        values: Vec<f32>,
+        /// The bytes of a voxel split between two chunks.
+        carry: Vec<u8>,
+    },
+}
+
+impl Payload {
+    /// An empty payload for `description`, with room for its declared size (within the
+    /// limits, checked by [`check_header`]): no copies of a growing buffer.
+    fn for_volume(description: &VolumeDescription) -> Self {
+        let total = usize::try_from(description.total_bytes).unwrap_or(0);
+        match description.encoding() {
+            VolumeEncoding::Raw => {
+                let voxel_type = description.voxel_type();
+                let size = voxel_size_of(voxel_type);
+                Payload::Voxels { voxel_type, values: Vec::with_capacity(total / size), carry: Vec::new() }
+            }
+            _ => Payload::Nifti(Vec::with_capacity(total)),
+        }
+    }
+
+    /// A payload holding `bytes` whole, as if they had come in one chunk.
+    pub fn of_bytes(description: &VolumeDescription, bytes: &[u8]) -> Self {
+        let mut payload = Payload::for_volume(description);
+        payload.push(bytes);
+        payload
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        match self {
+            Payload::Nifti(bytes) => bytes.extend_from_slice(chunk),
+            Payload::Voxels { voxel_type, values, carry } => {
+                let size = voxel_size_of(*voxel_type);
+                let mut chunk = chunk;
+                if !carry.is_empty() {
+                    let missing = (size - carry.len()).min(chunk.len());
+                    carry.extend_from_slice(&chunk[..missing]);
+                    chunk = &chunk[missing..];
+                    if carry.len() == size {
+                        extend_raw(values, *voxel_type, carry);
+                        carry.clear();
+                    }
+                }
+                let whole = chunk.len() / size * size;
+                extend_raw(values, *voxel_type, &chunk[..whole]);
+                carry.extend_from_slice(&chunk[whole..]);
+            }
+        }
+    }
+}
+
+/// A volume of the request being received: its payload and how many bytes came.
+struct Incoming {
+    field: &'static str,
+    total: u64,
+    received: u64,
+    payload: Payload,
+}
+
+impl Incoming {
+    fn new(field: &'static str, description: &VolumeDescription) -> Self {
+        Incoming { field, total: description.total_bytes, received: 0, payload: Payload::for_volume(description) }
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), Status> {
+        if self.received + chunk.len() as u64 > self.total {
+            return Err(Status::invalid_argument(format!(
+                "{}: chunks add up to more than the {} bytes declared in header.{}.total_bytes",
+                self.field, self.total, self.field
+            )));
+        }
+        self.received += chunk.len() as u64;
+        self.payload.push(chunk);
+        Ok(())
+    }
+}
+
+/// A request's volumes, received whole.
+#[derive(Debug)]
 pub struct Received {
-    pub ct: Vec<u8>,
-    pub vertebra_labels: Option<Vec<u8>>,
+    pub ct: Payload,
+    pub vertebra_labels: Option<Payload>,
 }
 
 /// Gathers the chunks that follow `header` until the client closes its side, or `deadline`.
@@ -176,12 +261,9 @@ pub async fn receive_volumes(
     deadline: Option<Instant>,
     mut on_bytes: impl FnMut(usize),
 ) -> Result<Received, Status> {
-    let ct_total = header.ct.as_ref().map_or(0, |ct| ct.total_bytes);
-    let labels_total = header.vertebra_labels.as_ref().map(|labels| labels.total_bytes);
-    // Declared sizes are within the limits (check_header): reserving them up front saves
-    // the copies of a growing buffer on a 300 MB volume.
-    let reserve = |total: u64| Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut received = Received { ct: reserve(ct_total), vertebra_labels: labels_total.map(reserve) };
+    let ct = header.ct.as_ref().ok_or_else(|| Status::invalid_argument("header.ct is missing"))?;
+    let mut ct = Incoming::new("ct", ct);
+    let mut labels = header.vertebra_labels.as_ref().map(|labels| Incoming::new("vertebra_labels", labels));
     loop {
         let next = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), stream.message())
@@ -190,11 +272,11 @@ pub async fn receive_volumes(
             None => stream.message().await,
         };
         let Some(message) = next? else { break };
-        let (field, buffer, total, chunk) = match message.part {
-            Some(Part::CtChunk(chunk)) => ("ct", &mut received.ct, ct_total, chunk),
-            Some(Part::VertebraLabelsChunk(chunk)) => match (&mut received.vertebra_labels, labels_total) {
-                (Some(buffer), Some(total)) => ("vertebra_labels", buffer, total, chunk),
-                _ => {
+        let (volume, chunk) = match message.part {
+            Some(Part::CtChunk(chunk)) => (&mut ct, chunk),
+            Some(Part::VertebraLabelsChunk(chunk)) => match &mut labels {
+                Some(labels) => (labels, chunk),
+                None => {
                     return Err(Status::invalid_argument(
                         "a vertebra_labels_chunk came, but the header declares no vertebra_labels",
                     ));
@@ -204,32 +286,24 @@ pub async fn receive_volumes(
             None => return Err(Status::invalid_argument("a request message with no part set")),
         };
         on_bytes(chunk.len());
-        if buffer.len() as u64 + chunk.len() as u64 > total {
+        volume.push(&chunk)?;
+    }
+    for volume in std::iter::once(&ct).chain(&labels) {
+        if volume.received < volume.total {
+            let (field, got, total) = (volume.field, volume.received, volume.total);
+            // A client whose deadline passes ends its upload (tonic's does, cleanly) just
+            // before ours passes: its timer started first.
+            if deadline.is_some_and(|deadline| Instant::now() + DEADLINE_SLACK >= deadline) {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline exceeded after {got} of the {total} bytes of {field}"
+                )));
+            }
             return Err(Status::invalid_argument(format!(
-                "{field}: chunks add up to more than the {total} bytes declared in header.{field}.total_bytes"
+                "{field}: the request ended after {got} of the {total} bytes declared in header.{field}.total_bytes"
             )));
         }
-        buffer.extend_from_slice(&chunk);
     }
-    let short = |field: &str, got: usize, total: u64| {
-        // A client whose deadline passes ends its upload (tonic's does, cleanly) just before
-        // ours passes: its timer started first.
-        if deadline.is_some_and(|deadline| Instant::now() + DEADLINE_SLACK >= deadline) {
-            return Status::deadline_exceeded(format!("deadline exceeded after {got} of the {total} bytes of {field}"));
-        }
-        Status::invalid_argument(format!(
-            "{field}: the request ended after {got} of the {total} bytes declared in header.{field}.total_bytes"
-        ))
-    };
-    if (received.ct.len() as u64) < ct_total {
-        return Err(short("ct", received.ct.len(), ct_total));
-    }
-    if let (Some(labels), Some(total)) = (&received.vertebra_labels, labels_total)
-        && (labels.len() as u64) < total
-    {
-        return Err(short("vertebra_labels", labels.len(), total));
-    }
-    Ok(received)
+    Ok(Received { ct: ct.payload, vertebra_labels: labels.map(|labels| labels.payload) })
 }
 
 /// A request decoded: what the pipeline takes.
@@ -246,8 +320,8 @@ pub fn decode(header: &SegmentHeader, received: Received, limits: &Limits) -> Re
     let ct_description = header.ct.as_ref().ok_or_else(|| Status::invalid_argument("header.ct is missing"))?;
     let ct = decode_volume("ct", ct_description, received.ct, limits)?;
     let vertebrae = match (&header.vertebra_labels, received.vertebra_labels) {
-        (Some(description), Some(bytes)) => {
-            let labels = decode_volume("vertebra_labels", description, bytes, limits)?;
+        (Some(description), Some(payload)) => {
+            let labels = decode_volume("vertebra_labels", description, payload, limits)?;
             vertebrae_of_labels(&labels, &ct)?
         }
         _ => header
@@ -273,11 +347,11 @@ pub fn decode(header: &SegmentHeader, received: Received, limits: &Limits) -> Re
 fn decode_volume(
     field: &str,
     description: &VolumeDescription,
-    bytes: Vec<u8>,
+    payload: Payload,
     limits: &Limits,
 ) -> Result<Volume, Status> {
-    match description.encoding() {
-        VolumeEncoding::Nifti => {
+    match payload {
+        Payload::Nifti(bytes) => {
             let voxels = nifti_voxels(&bytes)
                 .map_err(|problem| Status::invalid_argument(format!("{field}: not a NIfTI-1 file ({problem})")))?;
             if voxels > limits.max_voxels {
@@ -289,16 +363,14 @@ fn decode_volume(
             }
             read_volume_bytes(&bytes).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
         }
-        _ => {
+        Payload::Voxels { values, .. } => {
             let grid = description
                 .grid
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument(format!("{field}.grid is missing")))?;
             let shape = grid_shape(field, grid)?;
-            let data = raw_voxels(description.voxel_type(), &bytes);
-            let data = Array3::from_shape_vec(shape, data)
+            let data = Array3::from_shape_vec(shape, values)
                 .map_err(|error| Status::invalid_argument(format!("{field}: {error}")))?;
-            drop(bytes);
             let spacing: [f64; 3] = grid.spacing_mm.as_slice().try_into().map_err(|_| {
                 Status::invalid_argument(format!(
                     "{field}.grid.spacing_mm must have 3 numbers [z, y, x], got {:?}",
@@ -320,12 +392,23 @@ fn decode_volume(
     }
 }
 
-/// Little-endian voxels of `voxel_type` as f32 (sizes were checked against the grid).
-fn raw_voxels(voxel_type: VoxelType, bytes: &[u8]) -> Vec<f32> {
+/// Appends the little-endian voxels of `voxel_type` in `bytes` (whole voxels) as f32.
+fn extend_raw(values: &mut Vec<f32>, voxel_type: VoxelType, bytes: &[u8]) {
     match voxel_type {
-        VoxelType::Int16 => bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]]))).collect(),
-        VoxelType::Float32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        VoxelType::Uint8 | VoxelType::Unspecified => bytes.iter().map(|&b| f32::from(b)).collect(),
+        VoxelType::Int16 => values.extend(bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])))),
+        VoxelType::Float32 => {
+            values.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        VoxelType::Uint8 | VoxelType::Unspecified => values.extend(bytes.iter().map(|&b| f32::from(b))),
+    }
+}
+
+/// Bytes of one voxel; 1 for an unset type (refused earlier by [`check_header`]).
+fn voxel_size_of(voxel_type: VoxelType) -> usize {
+    match voxel_type {
+        VoxelType::Int16 => 2,
+        VoxelType::Float32 => 4,
+        VoxelType::Uint8 | VoxelType::Unspecified => 1,
     }
 }
 
@@ -512,7 +595,8 @@ mod tests {
         let h = header(raw_ct([1, 2, 3], VoxelType::Int16));
         let values: [i16; 6] = [-1000, 0, 1, 2, 300, -5];
         let ct: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let decoded = decode(&h, Received { ct, vertebra_labels: None }, &Limits::default()).unwrap();
+        let received = Received { ct: Payload::of_bytes(h.ct.as_ref().unwrap(), &ct), vertebra_labels: None };
+        let decoded = decode(&h, received, &Limits::default()).unwrap();
         assert_eq!(decoded.ct.shape(), [1, 2, 3]);
         assert_eq!(decoded.ct.data()[[0, 1, 0]], 2.0);
         assert_eq!(decoded.ct.data()[[0, 0, 0]], -1000.0);
@@ -521,11 +605,27 @@ mod tests {
     }
 
     #[test]
+    fn raw_voxels_split_between_chunks_decode_as_if_sent_whole() {
+        let description = raw_ct([1, 3, 5], VoxelType::Float32);
+        let values: Vec<f32> = (0..15).map(|i| i as f32 * 1.5 - 7.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Chunks of 1, 3, 7 and the rest bytes: voxels cut at every offset.
+        let mut payload = Payload::for_volume(&description);
+        for range in [0..1, 1..4, 4..11, 11..bytes.len()] {
+            payload.push(&bytes[range]);
+        }
+        let Payload::Voxels { values: got, carry, .. } = payload else { panic!("raw is voxels") };
+        assert_eq!(got, values);
+        assert!(carry.is_empty());
+    }
+
+    #[test]
     fn bytes_that_are_not_nifti_are_refused() {
         let mut description = raw_ct([1, 1, 1], VoxelType::Uint8);
         description.encoding = VolumeEncoding::Nifti.into();
         let h = header(description);
-        let received = Received { ct: b"this is not a NIfTI file at all".to_vec(), vertebra_labels: None };
+        let ct = Payload::of_bytes(h.ct.as_ref().unwrap(), b"this is not a NIfTI file at all");
+        let received = Received { ct, vertebra_labels: None };
         let message = invalid(decode(&h, received, &Limits::default()));
         assert!(message.contains("ct: not a NIfTI-1 file"), "{message}");
     }

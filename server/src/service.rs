@@ -203,6 +203,13 @@ impl FracmapService {
                 .await?;
         let receive = started.elapsed();
 
+        // Decoded once a worker is free: a waiting request holds its bytes as they came (a
+        // compressed NIfTI is a fraction of its volume), and decoding does not take cores
+        // from the segmentations running.
+        let queue_started = Instant::now();
+        admitted.wait_for_worker(deadline).await?;
+        let queue = queue_started.elapsed();
+
         let decode_started = Instant::now();
         let header = Arc::new(header);
         let decoded = {
@@ -212,10 +219,6 @@ impl FracmapService {
                 .map_err(|e| Status::internal(format!("decoding failed: {e}")))??
         };
         let decode = decode_started.elapsed();
-
-        let queue_started = Instant::now();
-        admitted.wait_for_worker(deadline).await?;
-        let queue = queue_started.elapsed();
 
         let options = SegmentOptions {
             threshold: header.threshold,

@@ -74,7 +74,7 @@ PY
 )
 rm -rf "$out/segment"
 # shellcheck disable=SC2086 # the boxes are separate arguments
-"$bin/fracmap" segment "$out/data/$ct" $boxes --out "$out/segment" --server "$server"
+"$bin/fracmap" segment "$out/data/$ct" $boxes --out "$out/segment" --report --server "$server"
 ls -l "$out/segment" | sed 's/^/  /'
 echo "metrics (Prometheus, http://127.0.0.1:$metrics_port/metrics):"
 .venv/bin/python -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \

@@ -404,7 +404,7 @@ fn extend_raw(values: &mut Vec<f32>, voxel_type: VoxelType, bytes: &[u8]) {
 }
 
 /// Bytes of one voxel; 1 for an unset type (refused earlier by [`check_header`]).
-fn voxel_size_of(voxel_type: VoxelType) -> usize {
+pub fn voxel_size_of(voxel_type: VoxelType) -> usize {
     match voxel_type {
         VoxelType::Int16 => 2,
         VoxelType::Float32 => 4,

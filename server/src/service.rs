@@ -369,7 +369,7 @@ impl Outputs {
             .map(|&(kind, voxel_type)| OutputVolume {
                 kind: kind.into(),
                 voxel_type: voxel_type.into(),
-                total_bytes: (self.voxels() * voxel_bytes(voxel_type)) as u64,
+                total_bytes: (self.voxels() * segment_request::voxel_size_of(voxel_type)) as u64,
                 scale: if kind == OutputKind::Probability && voxel_type == VoxelType::Uint8 {
                     1.0 / 255.0
                 } else {
@@ -383,7 +383,7 @@ impl Outputs {
     /// taken, so that a 300 MB answer is never copied whole.
     fn chunks(&self, index: usize, chunk_bytes: usize) -> impl Iterator<Item = VolumeChunk> + '_ {
         let (kind, voxel_type) = self.kinds[index];
-        let size = voxel_bytes(voxel_type);
+        let size = segment_request::voxel_size_of(voxel_type);
         let per_chunk = (chunk_bytes / size).max(1);
         let total = self.voxels();
         (0..total).step_by(per_chunk).map(move |start| {
@@ -408,14 +408,6 @@ impl Outputs {
             };
             VolumeChunk { kind: kind.into(), offset: (range.start * size) as u64, data }
         })
-    }
-}
-
-fn voxel_bytes(voxel_type: VoxelType) -> usize {
-    match voxel_type {
-        VoxelType::Int16 => 2,
-        VoxelType::Float32 => 4,
-        _ => 1,
     }
 }
 

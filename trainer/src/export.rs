@@ -35,7 +35,11 @@ use fracmap_core::model_manifest::{
 use serde::de::DeserializeOwned;
 
 use crate::onnx::graph::{IR_VERSION, OPSET};
+use crate::onnx::p2p::{self as p2p_onnx_names, p2p_onnx, p2p_signature};
 use crate::onnx::unet::{self, unet_onnx, unet_signature};
+use crate::p2p;
+use crate::p2p::config::P2pConfig;
+use crate::p2p::eval::P2pMetrics;
 use crate::onnx::vae::{BATCH_AXIS, ERROR, INPUT, RECONSTRUCTION, vae_onnx, vae_signature};
 use crate::run_record::{CONFIG_FILE, RunRecord, git_revision};
 use crate::training_data::DataConfig;
@@ -111,7 +115,8 @@ pub fn export_run(request: &ExportRequest) -> Result<Exported> {
     let model = match record.model.as_str() {
         "vae" => export_vae(run, request.checkpoint)?,
         "unet" => export_unet(run, request.checkpoint)?,
-        other => bail!("{}: a {other} run; only vae and unet runs can be exported", run.display()),
+        p2p::run::MODEL_KIND => export_p2p(run, request.checkpoint)?,
+        other => bail!("{}: a {other} run; only vae, unet and p2p_lstm runs can be exported", run.display()),
     };
     let validation = Validation {
         checkpoint: model.checkpoint,
@@ -307,6 +312,96 @@ fn export_unet(run: &Path, which: Which) -> Result<ArchitectureExport> {
         best,
         evaluation: test.map(|t| unet_evaluation(&t, file, epoch)),
     })
+}
+
+/// The generator of a pix2pix-LSTM run's `which` file (`generator_best.bpk` or
+/// `generator_last.bpk`), as its inference graph, with the run's threshold and test numbers
+/// when `test.json` scored those weights.
+fn export_p2p(run: &Path, which: Which) -> Result<ArchitectureExport> {
+    let config_path = run.join(CONFIG_FILE);
+    let config = P2pConfig::load(&config_path).with_context(|| format!("{}: cannot load", config_path.display()))?;
+    let metrics_path = run.join(METRICS_FILE);
+    let epochs = metrics_rows(&metrics_path)?;
+    let last = epochs
+        .last()
+        .map(|(epoch, _)| *epoch)
+        .with_context(|| format!("{}: no epoch finished yet (missing or without rows)", metrics_path.display()))?;
+    let best = best_epoch(&epochs);
+    let (file, epoch) = match which {
+        Which::Best => {
+            let (epoch, _) = best.with_context(|| format!("{}: no epoch with a val_loss", metrics_path.display()))?;
+            (p2p::train::BEST_GENERATOR_FILE, epoch)
+        }
+        Which::Last => (p2p::train::LAST_GENERATOR_FILE, last),
+    };
+    let path = run.join(file);
+    let generator = config
+        .generator
+        .load(&path, &Device::flex())
+        .with_context(|| format!("{}: cannot load the generator", path.display()))?;
+    let onnx = p2p_onnx(&generator).with_context(|| format!("{}: cannot export", path.display()))?;
+    let (inputs, outputs) = p2p_signature(&generator);
+    let test = match best {
+        Some((best_epoch, _)) if best_epoch == epoch => {
+            read_json::<P2pMetrics>(&run.join(p2p::run::TEST_METRICS_FILE), "a pix2pix-LSTM test report")?
+        }
+        _ => None,
+    };
+    let crop = config.crop_shape();
+    let notes = vec![
+        format!(
+            "{} [batch, {}, {}, {}]: {} consecutive axial slices of a vertebra crop of {crop:?} voxels (the preprocessing \
+             patch), windowed to [0, 1], centred on the slice predicted; edge slices repeat the crop's first or last.",
+            p2p_onnx_names::INPUT,
+            config.generator.context,
+            crop[1],
+            crop[2],
+            config.generator.context
+        ),
+        format!(
+            "{} [batch, 1, {}, {}]: the centre slice's fracture probability (the graph ends in a Sigmoid). A crop's map is \
+             every slice predicted and stacked; crops are pasted back onto the CT and averaged where they overlap.",
+            p2p_onnx_names::PROBABILITY,
+            crop[1],
+            crop[2]
+        ),
+        "Needs no VAE: it reads the CT alone.".to_string(),
+    ];
+    Ok(ArchitectureExport {
+        onnx,
+        architecture: p2p::run::MODEL_KIND,
+        config: serde_json::to_value(&config).context("the pix2pix-LSTM configuration as JSON")?,
+        inputs,
+        outputs,
+        preprocessing: preprocessing(&config.data, crop),
+        error_normalisation: None,
+        error_input: None,
+        mask_threshold: test.as_ref().map(|t| t.threshold),
+        notes,
+        checkpoint: file.to_string(),
+        epoch,
+        best,
+        evaluation: test.map(|t| p2p_evaluation(&t, file, epoch)),
+    })
+}
+
+/// The per-vertebra numbers of a pix2pix-LSTM's `test.json` under the U-Net's measure names,
+/// with the per-slice and per-volume ones beside them.
+fn p2p_evaluation(m: &P2pMetrics, file: &str, epoch: usize) -> Evaluation {
+    let mut evaluation = unet_evaluation(&m.vertebrae, file, epoch);
+    evaluation.report = p2p::run::TEST_METRICS_FILE.to_string();
+    let mut extra = vec![
+        ("slice_dice", Some(m.slices.dice)),
+        ("slice_recall", Some(m.slices.recall)),
+        ("empty_slices_flagged", Some(m.slices.empty_slices_flagged)),
+    ];
+    if let Some(v) = &m.volumes {
+        extra.extend([("volume_dice", Some(v.dice)), ("volume_pr_auc", v.pr_auc), ("mean_volume_dice", v.mean_volume_dice)]);
+    }
+    for (name, value) in extra {
+        evaluation.measures.insert(name.to_string(), value.filter(|v| v.is_finite()));
+    }
+    evaluation
 }
 
 /// How a CT volume becomes the input of a model of `patch` voxels trained on `data`'s crops.

@@ -8,6 +8,7 @@ pub mod folds;
 pub mod levels;
 pub mod manifest;
 pub mod onnx;
+pub mod p2p;
 pub mod parallel;
 pub mod phantom_set;
 pub mod progress;

@@ -9,7 +9,7 @@ use fracmap_trainer::device::DeviceChoice;
 use fracmap_trainer::manifest::{Manifest, Status};
 use fracmap_trainer::phantom_set::{self, PhantomSetSpec};
 use fracmap_trainer::synth::PhantomParams;
-use fracmap_trainer::{crops, folds, show, vae, verse, weak};
+use fracmap_trainer::{crops, folds, p2p, show, vae, verse, weak};
 
 #[derive(Parser)]
 #[command(name = "fracmap-train", version, about = "Data, training, evaluation and export of fracmap's models")]
@@ -152,6 +152,36 @@ enum Command {
         #[arg(long)]
         vae: PathBuf,
         /// The test fold (use the VAE's).
+        #[arg(long, default_value_t = 0)]
+        fold: usize,
+        /// The run folder (created; it must not hold a model).
+        #[arg(long)]
+        out: PathBuf,
+        /// The crop cache folder [default: crops/<spec> beside the manifest].
+        #[arg(long)]
+        crops: Option<PathBuf>,
+        /// Worker threads for cropping (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// auto | cpu | cuda.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Train the 2.5D pix2pix-LSTM (an Attention U-Net over 5 axial slices with a ConvLSTM,
+    /// against a PatchGAN) on true masks or the weak model's drafts, on one fold, and score it
+    /// on the test fold per slice, per vertebra and per volume.
+    ///
+    /// The run folder gets run.json, config.toml, metrics.csv, losses.png, health.json (is the
+    /// GAN healthy, collapsed, diverged?), generator_best.bpk, generator_last.bpk,
+    /// discriminator_last.bpk, test.json and heatmaps.png.
+    P2p {
+        /// The configuration (TOML).
+        #[arg(long, default_value = "configs/p2p_lstm.toml")]
+        config: PathBuf,
+        /// The manifest (JSON).
+        #[arg(long)]
+        data: PathBuf,
+        /// The test fold; fold + 1 validates.
         #[arg(long, default_value_t = 0)]
         fold: usize,
         /// The run folder (created; it must not hold a model).
@@ -391,6 +421,24 @@ fn run(cli: Cli) -> Result<()> {
                 show(m.recall),
                 show(m.pr_auc),
                 m.threshold
+            );
+        }
+        Command::P2p { config, data, fold, out, crops, threads, device } => {
+            let request = p2p::run::P2pTrainRequest { config, data, fold, out, crops, threads, device };
+            let m = p2p::run::train_p2p(&request)?;
+            let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            let volumes = m.volumes.as_ref().map_or("no case with a mask".to_string(), |v| {
+                format!("Dice {:.3} over {} volumes (mean per volume {})", v.dice, v.volumes, show(v.mean_volume_dice))
+            });
+            println!(
+                "{}: at threshold {:.2}: per vertebra Dice {:.3}, IoU {:.3}, PR-AUC {}; per slice Dice {:.3} ({} slices with fracture); per volume {volumes}",
+                request.out.display(),
+                m.threshold,
+                m.vertebrae.dice,
+                m.vertebrae.iou,
+                show(m.vertebrae.pr_auc),
+                m.slices.dice,
+                m.slices.fracture_slices,
             );
         }
         Command::Experiment {

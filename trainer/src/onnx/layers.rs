@@ -3,8 +3,8 @@
 //!
 //! | Burn | ONNX |
 //! |---|---|
-//! | Conv3d (weight `[out, in/groups, k...]`) | Conv (same layout) |
-//! | ConvTranspose3d (weight `[in, out/groups, k...]`) | ConvTranspose (same layout) |
+//! | Conv2d, Conv3d (weight `[out, in/groups, k...]`) | Conv (same layout) |
+//! | ConvTranspose2d, ConvTranspose3d (weight `[in, out/groups, k...]`) | ConvTranspose (same layout) |
 //! | Linear (`y = x W + b`, `W [in, out]`) | MatMul + Add (any rank, like Burn's) |
 //! | LeakyRelu | LeakyRelu |
 //! | GroupNorm | Reshape `[N, G, -1]`, InstanceNormalization, affine per channel, Reshape back |
@@ -15,8 +15,8 @@
 //! and bias are per group in opset 18 and per channel from opset 21, and runtimes disagree
 //! on which they implement; InstanceNormalization means the same everywhere.
 
-use burn::nn::conv::{Conv3d, ConvTranspose3d};
-use burn::nn::{BatchNorm, GroupNorm, InstanceNorm, LeakyRelu, Linear, PaddingConfig3d};
+use burn::nn::conv::{Conv2d, Conv3d, ConvTranspose2d, ConvTranspose3d};
+use burn::nn::{BatchNorm, GroupNorm, InstanceNorm, LeakyRelu, Linear, PaddingConfig2d, PaddingConfig3d};
 use burn::prelude::*;
 
 use super::{Attr, EmitOnnx, ExportError, OnnxGraph};
@@ -25,9 +25,10 @@ fn ints(values: &[usize]) -> Attr {
     Attr::Ints(values.iter().map(|&v| v as i64).collect())
 }
 
-/// ONNX's `pads`: every axis's begin, then every axis's end.
-fn symmetric_pads(padding: [usize; 3]) -> Attr {
-    ints(&[padding, padding].concat())
+/// ONNX's `pads` for the same padding at both ends of every axis: every axis's begin, then
+/// every axis's end.
+fn symmetric_pads(padding: &[usize]) -> Vec<usize> {
+    [padding, padding].concat()
 }
 
 /// The weight and, when the layer has one, the bias, as initializers.
@@ -47,60 +48,101 @@ fn weight_and_bias<const D: usize>(
 impl EmitOnnx for Conv3d {
     fn emit_onnx(&self, graph: &mut OnnxGraph, scope: &str, input: &str) -> Result<String, ExportError> {
         let padding = match self.padding {
-            PaddingConfig3d::Valid => [0; 3],
-            PaddingConfig3d::Explicit(d, h, w) => [d, h, w],
-            // Burn's `Same` depends on the input's size unless the stride is 1; then it pads
-            // (k - 1) / 2 per side (the dilation ignored) and odd kernels are symmetric.
-            PaddingConfig3d::Same if self.stride == [1; 3] && self.kernel_size.iter().all(|k| k % 2 == 1) => {
-                self.kernel_size.map(|k| (k - 1) / 2)
-            }
-            PaddingConfig3d::Same => {
-                return Err(ExportError::Unsupported {
-                    layer: scope.to_string(),
-                    what: format!(
-                        "'Same' padding with stride {:?} and kernel {:?} (only stride 1, odd kernels)",
-                        self.stride, self.kernel_size
-                    ),
-                });
-            }
+            PaddingConfig3d::Valid => vec![0; 3],
+            PaddingConfig3d::Explicit(d, h, w) => vec![d, h, w],
+            PaddingConfig3d::Same => same_padding(scope, &self.kernel_size, &self.stride)?,
         };
         let weights = weight_and_bias(graph, scope, self.weight.val(), self.bias.as_ref().map(|b| b.val()))?;
-        let inputs: Vec<&str> = std::iter::once(input).chain(weights.iter().map(String::as_str)).collect();
-        Ok(graph.node(
-            "Conv",
-            scope,
-            &inputs,
-            &[
-                ("kernel_shape", ints(&self.kernel_size)),
-                ("strides", ints(&self.stride)),
-                ("dilations", ints(&self.dilation)),
-                ("group", Attr::Int(self.groups as i64)),
-                ("pads", symmetric_pads(padding)),
-            ],
-        ))
+        let attributes = conv_attributes(&self.kernel_size, &self.stride, &self.dilation, self.groups);
+        Ok(conv_node(graph, "Conv", scope, input, &weights, attributes, &symmetric_pads(&padding)))
     }
+}
+
+impl EmitOnnx for Conv2d {
+    fn emit_onnx(&self, graph: &mut OnnxGraph, scope: &str, input: &str) -> Result<String, ExportError> {
+        let weights = conv2d_weights(self, graph, scope)?;
+        conv2d_node(self, graph, scope, input, &weights)
+    }
+}
+
+/// A Conv2d's weight and bias as initializers named under `scope`, for [`conv2d_node`].
+pub fn conv2d_weights(conv: &Conv2d, graph: &mut OnnxGraph, scope: &str) -> Result<Vec<String>, ExportError> {
+    weight_and_bias(graph, scope, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
+}
+
+/// A Conv2d applied to `input` with `weights` already in the graph: a layer applied several
+/// times (a recurrent cell unrolled over its steps) writes its weights once.
+pub fn conv2d_node(
+    conv: &Conv2d,
+    graph: &mut OnnxGraph,
+    name: &str,
+    input: &str,
+    weights: &[String],
+) -> Result<String, ExportError> {
+    let pads = match conv.padding {
+        PaddingConfig2d::Valid => vec![0; 4],
+        // Burn's order (top, left, bottom, right) is ONNX's (y begin, x begin, y end, x end).
+        PaddingConfig2d::Explicit(top, left, bottom, right) => vec![top, left, bottom, right],
+        PaddingConfig2d::Same => symmetric_pads(&same_padding(name, &conv.kernel_size, &conv.stride)?),
+    };
+    let attributes = conv_attributes(&conv.kernel_size, &conv.stride, &conv.dilation, conv.groups);
+    Ok(conv_node(graph, "Conv", name, input, weights, attributes, &pads))
+}
+
+/// Burn's `Same` padding depends on the input's size unless the stride is 1; then it pads
+/// (k - 1) / 2 per side (the dilation ignored) and odd kernels are symmetric.
+fn same_padding(scope: &str, kernel: &[usize], stride: &[usize]) -> Result<Vec<usize>, ExportError> {
+    if stride.iter().all(|&s| s == 1) && kernel.iter().all(|k| k % 2 == 1) {
+        return Ok(kernel.iter().map(|k| (k - 1) / 2).collect());
+    }
+    Err(ExportError::Unsupported {
+        layer: scope.to_string(),
+        what: format!("'Same' padding with stride {stride:?} and kernel {kernel:?} (only stride 1, odd kernels)"),
+    })
+}
+
+/// The attributes Conv and ConvTranspose share, but `pads`.
+fn conv_attributes(kernel: &[usize], stride: &[usize], dilation: &[usize], groups: usize) -> Vec<(&'static str, Attr)> {
+    vec![
+        ("kernel_shape", ints(kernel)),
+        ("strides", ints(stride)),
+        ("dilations", ints(dilation)),
+        ("group", Attr::Int(groups as i64)),
+    ]
+}
+
+/// A Conv or ConvTranspose node reading `input` and `weights`, with `attributes` and ONNX's
+/// `pads`.
+fn conv_node(
+    graph: &mut OnnxGraph,
+    op: &str,
+    name: &str,
+    input: &str,
+    weights: &[String],
+    mut attributes: Vec<(&'static str, Attr)>,
+    pads: &[usize],
+) -> String {
+    attributes.push(("pads", ints(pads)));
+    let inputs: Vec<&str> = std::iter::once(input).chain(weights.iter().map(String::as_str)).collect();
+    graph.node(op, name, &inputs, &attributes)
 }
 
 impl EmitOnnx for ConvTranspose3d {
     fn emit_onnx(&self, graph: &mut OnnxGraph, scope: &str, input: &str) -> Result<String, ExportError> {
-        // Output size, Burn and ONNX alike: (in - 1) * stride + dilation * (k - 1) + 1
-        // - 2 * padding + padding_out; ONNX adds `output_padding` at the end of each axis, as
-        // Burn (and PyTorch) do.
         let weights = weight_and_bias(graph, scope, self.weight.val(), self.bias.as_ref().map(|b| b.val()))?;
-        let inputs: Vec<&str> = std::iter::once(input).chain(weights.iter().map(String::as_str)).collect();
-        Ok(graph.node(
-            "ConvTranspose",
-            scope,
-            &inputs,
-            &[
-                ("kernel_shape", ints(&self.kernel_size)),
-                ("strides", ints(&self.stride)),
-                ("dilations", ints(&self.dilation)),
-                ("group", Attr::Int(self.groups as i64)),
-                ("pads", symmetric_pads(self.padding)),
-                ("output_padding", ints(&self.padding_out)),
-            ],
-        ))
+        let mut attributes = conv_attributes(&self.kernel_size, &self.stride, &self.dilation, self.groups);
+        attributes.push(("output_padding", ints(&self.padding_out)));
+        Ok(conv_node(graph, "ConvTranspose", scope, input, &weights, attributes, &symmetric_pads(&self.padding)))
+    }
+}
+
+impl EmitOnnx for ConvTranspose2d {
+    fn emit_onnx(&self, graph: &mut OnnxGraph, scope: &str, input: &str) -> Result<String, ExportError> {
+        // As ConvTranspose3d: Burn and ONNX share the output size and the weight layout.
+        let weights = weight_and_bias(graph, scope, self.weight.val(), self.bias.as_ref().map(|b| b.val()))?;
+        let mut attributes = conv_attributes(&self.kernel_size, &self.stride, &self.dilation, self.groups);
+        attributes.push(("output_padding", ints(&self.padding_out)));
+        Ok(conv_node(graph, "ConvTranspose", scope, input, &weights, attributes, &symmetric_pads(&self.padding)))
     }
 }
 
@@ -201,7 +243,7 @@ impl EmitOnnx for BatchNorm {
 
 #[cfg(test)]
 mod tests {
-    use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
+    use burn::nn::conv::{Conv2dConfig, Conv3dConfig, ConvTranspose2dConfig, ConvTranspose3dConfig};
     use onnx_protobuf::NodeProto;
 
     use super::*;
@@ -248,5 +290,48 @@ mod tests {
         let mut graph = OnnxGraph::new();
         let err = layer.emit_onnx(&mut graph, "encoder.0.conv", "x").unwrap_err();
         assert!(err.to_string().starts_with("encoder.0.conv: cannot export 'Same' padding"), "{err}");
+    }
+
+    #[test]
+    fn conv2d_writes_burn_s_asymmetric_padding_in_onnx_order() {
+        // Burn's (top, left, bottom, right) is ONNX's (y begin, x begin, y end, x end).
+        let layer = Conv2dConfig::new([2, 3], [3, 5])
+            .with_stride([2, 1])
+            .with_padding(PaddingConfig2d::Explicit(1, 2, 0, 3))
+            .with_bias(false)
+            .init(&Device::flex());
+        let nodes = emitted(&layer);
+        assert_eq!(nodes[0].op_type, "Conv");
+        assert_eq!(nodes[0].input, ["x", "layer.weight"]);
+        assert_eq!(ints_of(&nodes[0], "pads"), [1, 2, 0, 3]);
+        assert_eq!(ints_of(&nodes[0], "kernel_shape"), [3, 5]);
+        assert_eq!(ints_of(&nodes[0], "strides"), [2, 1]);
+    }
+
+    #[test]
+    fn conv_transpose2d_writes_padding_and_output_padding() {
+        let layer = ConvTranspose2dConfig::new([4, 2], [2, 3])
+            .with_stride([2, 2])
+            .with_padding([0, 1])
+            .with_padding_out([1, 0])
+            .init(&Device::flex());
+        let nodes = emitted(&layer);
+        assert_eq!(nodes[0].op_type, "ConvTranspose");
+        assert_eq!(nodes[0].input, ["x", "layer.weight", "layer.bias"]);
+        assert_eq!(ints_of(&nodes[0], "pads"), [0, 1, 0, 1]);
+        assert_eq!(ints_of(&nodes[0], "output_padding"), [1, 0]);
+    }
+
+    #[test]
+    fn a_shared_conv2d_writes_its_weights_once() {
+        let layer = Conv2dConfig::new([1, 1], [1, 1]).init(&Device::flex());
+        let mut graph = OnnxGraph::new();
+        let x = graph.input("x", &[]);
+        let weights = conv2d_weights(&layer, &mut graph, "cell").unwrap();
+        let first = conv2d_node(&layer, &mut graph, "step0", &x, &weights).unwrap();
+        conv2d_node(&layer, &mut graph, "step1", &first, &weights).unwrap();
+        let model = graph.into_model("g", "", &[]);
+        assert_eq!(model.graph.initializer.len(), 2);
+        assert!(model.graph.node.iter().all(|n| n.input[1..] == ["cell.weight", "cell.bias"]));
     }
 }

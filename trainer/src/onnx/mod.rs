@@ -4,11 +4,13 @@
 //!
 //! - [`graph`]: [`OnnxGraph`], the graph under construction (nodes, weights as initializers,
 //!   inputs, outputs) and its encoding to `.onnx` bytes (opset [`graph::OPSET`]);
-//! - [`layers`]: [`EmitOnnx`] for Burn's layers (Conv3d, ConvTranspose3d, Linear, LeakyRelu,
-//!   GroupNorm, InstanceNorm, BatchNorm);
+//! - [`layers`]: [`EmitOnnx`] for Burn's layers (Conv2d, Conv3d, ConvTranspose2d,
+//!   ConvTranspose3d, Linear, LeakyRelu, GroupNorm, InstanceNorm, BatchNorm);
 //! - [`vae`]: the phase-1 VAE's inference graph, `ct` to `reconstruction` and `error`;
 //! - [`unet`]: the phase-2 U-Net's inference graph, `input` (CT and normalised error) to
-//!   `probability`.
+//!   `probability`;
+//! - [`p2p`]: the 2.5D generator's inference graph, `slices` (a sequence of axial slices) to the
+//!   centre slice's `probability`.
 //!
 //! A model emits its layers in the order its `forward` calls them; a new layer type is one
 //! `EmitOnnx` impl. Exported graphs are inference graphs: BatchNorm uses its running
@@ -16,6 +18,7 @@
 
 pub mod graph;
 pub mod layers;
+pub mod p2p;
 pub mod unet;
 pub mod vae;
 

@@ -183,6 +183,7 @@ pub fn score(maps: &[Array3<f32>], samples: &[Sample], manifest: &Path, threshol
 mod tests {
     use super::*;
     use crate::weak::data::fixtures::sample;
+    use std::path::PathBuf;
 
     #[test]
     fn slice_numbers_average_over_fracture_slices_and_count_flagged_empty_ones() {
@@ -200,5 +201,54 @@ mod tests {
         // Empty slices: slice 1 of the fractured crop (flagged: 0.6) and both of the normal one.
         assert_eq!(m.empty_slices, 3);
         assert!((m.empty_slices_flagged - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    /// A 12 x 6 x 6 CT of 1 mm with a fracture at z 3..6 in y, x 2..4, cut into two crops of
+    /// the CT's spacing (z 0..8 and 4..12), so that pasting back is exact.
+    fn case_on_disk(dir: &Path) -> (PathBuf, Vec<Sample>, Mask) {
+        use fracmap_core::vertebra_crop::{CropSpec, cut_vertebra};
+        use fracmap_core::{Box3, Volume};
+        let ct = Volume::with_spacing(Array3::zeros((12, 6, 6)), [1.0; 3]).unwrap();
+        let truth = Mask::from_shape_fn((12, 6, 6), |(z, y, x)| (3..6).contains(&z) && (2..4).contains(&y) && (2..4).contains(&x));
+        fracmap_core::nifti_io::write_mask(&dir.join("mask.nii.gz"), &truth, &ct.grid()).unwrap();
+        let spec = CropSpec { spacing_mm: [1.0; 3], patch: [8, 6, 6], margin_mm: 0.0 };
+        let samples = [0, 4]
+            .map(|z0| {
+                let crop = cut_vertebra(&ct, &Box3::new([z0, 0, 0], [z0 + 8, 6, 6]).unwrap(), &spec, 0.0).unwrap();
+                let zeros = Array3::zeros((8, 6, 6));
+                let mut s = sample(Status::Fractured, zeros.clone(), zeros, Mask::from_elem((8, 6, 6), false), None);
+                s.entry.case = "c".into();
+                s.entry.source = crop.source.clone().into();
+                s.entry.cut = crop.region.into();
+                s.entry.cut_grid = crop.cut_grid.clone().into();
+                s.entry.resampled_shape = crop.resampled_shape;
+                s.ct = crop.ct.clone();
+                s.truth = Some(crop.cut_mask(&fracmap_core::preprocess::mask_to_volume(&truth, &ct.grid()).unwrap()).unwrap());
+                s
+            })
+            .to_vec();
+        let manifest = r#"{"format": "fracmap-manifest", "version": 1, "source": "test", "cases": [{"id": "c", "patient": "p", "ct": "ct.nii.gz", "shape": [12, 6, 6], "fracture_mask": "mask.nii.gz", "labeled": true, "vertebrae": []}]}"#;
+        let path = dir.join("manifest.json");
+        std::fs::write(&path, manifest).unwrap();
+        (path, samples, truth)
+    }
+
+    #[test]
+    fn volumes_are_the_crops_integrated_and_scored_against_the_cases_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manifest, samples, _) = case_on_disk(dir.path());
+        // Each crop predicts its own truth: the integrated volume is the case's mask.
+        let perfect: Vec<Array3<f32>> = samples.iter().map(|s| crate::p2p::data::as_float(s.truth.as_ref().unwrap())).collect();
+        let m = volume_metrics(&perfect, &samples, &manifest, 0.5).unwrap().unwrap();
+        assert_eq!((m.volumes, m.dice, m.mean_volume_dice), (1, 1.0, Some(1.0)), "{m:?}");
+        assert_eq!(m.pr_auc, Some(1.0));
+        // The first crop alone says 0.8 on its fracture voxels, the second 0.0: their mean,
+        // 0.4, is below 0.5 where they overlap (z 4..6), so only z 3 remains: 4 of 12 voxels.
+        let mut halves = perfect.clone();
+        halves[0].mapv_inplace(|v| v * 0.8);
+        halves[1].fill(0.0);
+        let m = volume_metrics(&halves, &samples, &manifest, 0.5).unwrap().unwrap();
+        assert!((m.dice - 2.0 * 4.0 / (4.0 + 12.0)).abs() < 1e-12, "{m:?}");
+        assert_eq!((m.precision, m.recall), (Some(1.0), Some(4.0 / 12.0)));
     }
 }

@@ -37,10 +37,10 @@ use serde::de::DeserializeOwned;
 use crate::onnx::graph::{IR_VERSION, OPSET};
 use crate::onnx::p2p::{self as p2p_onnx_names, p2p_onnx, p2p_signature};
 use crate::onnx::unet::{self, unet_onnx, unet_signature};
+use crate::onnx::vae::{BATCH_AXIS, ERROR, INPUT, RECONSTRUCTION, vae_onnx, vae_signature};
 use crate::p2p;
 use crate::p2p::config::P2pConfig;
 use crate::p2p::eval::P2pMetrics;
-use crate::onnx::vae::{BATCH_AXIS, ERROR, INPUT, RECONSTRUCTION, vae_onnx, vae_signature};
 use crate::run_record::{CONFIG_FILE, RunRecord, git_revision};
 use crate::training_data::DataConfig;
 use crate::vae::checkpoint::{self, Which};
@@ -396,7 +396,11 @@ fn p2p_evaluation(m: &P2pMetrics, file: &str, epoch: usize) -> Evaluation {
         ("empty_slices_flagged", Some(m.slices.empty_slices_flagged)),
     ];
     if let Some(v) = &m.volumes {
-        extra.extend([("volume_dice", Some(v.dice)), ("volume_pr_auc", v.pr_auc), ("mean_volume_dice", v.mean_volume_dice)]);
+        extra.extend([
+            ("volume_dice", Some(v.dice)),
+            ("volume_pr_auc", v.pr_auc),
+            ("mean_volume_dice", v.mean_volume_dice),
+        ]);
     }
     for (name, value) in extra {
         evaluation.measures.insert(name.to_string(), value.filter(|v| v.is_finite()));

@@ -222,7 +222,12 @@ impl P2pConfig {
                 t.warmup_epochs.to_string(),
                 "must not exceed train.epochs",
             ),
-            ("train.decay_epochs", t.decay_epochs <= t.epochs, t.decay_epochs.to_string(), "must not exceed train.epochs"),
+            (
+                "train.decay_epochs",
+                t.decay_epochs <= t.epochs,
+                t.decay_epochs.to_string(),
+                "must not exceed train.epochs",
+            ),
         ];
         match checks.into_iter().find(|(_, ok, _, _)| !ok) {
             Some((field, _, value, reason)) => Err(invalid(format!("{field} = {value}: {reason}"))),

@@ -133,7 +133,13 @@ pub fn plane_tensor(volumes: &[&Array3<f32>], refs: &[SliceRef], flips: &[bool],
 
 /// `planes` (`batch * channels`, batch-major) as `[batch, channels, H, W]`; the planes of
 /// item `i` mirrored left-right (x) when `flips[i]`.
-fn stack_planes(planes: &[ArrayView2<'_, f32>], batch: usize, channels: usize, flips: &[bool], device: &Device) -> Tensor<4> {
+fn stack_planes(
+    planes: &[ArrayView2<'_, f32>],
+    batch: usize,
+    channels: usize,
+    flips: &[bool],
+    device: &Device,
+) -> Tensor<4> {
     let (h, w) = planes[0].dim();
     let mut values: Vec<f32> = Vec::with_capacity(planes.len() * h * w);
     for (i, plane) in planes.iter().enumerate() {
@@ -199,7 +205,8 @@ mod tests {
         let zeros = Array3::zeros((3, 2, 2));
         let truth = Mask::from_shape_fn((3, 2, 2), |(z, y, x)| z == 1 && y == 0 && x == 1);
         let fractured = sample(Status::Fractured, zeros.clone(), zeros.clone(), truth.clone(), Some(truth));
-        let unlabeled = sample(Status::Fractured, zeros.clone(), zeros.clone(), Mask::from_elem((3, 2, 2), false), None);
+        let unlabeled =
+            sample(Status::Fractured, zeros.clone(), zeros.clone(), Mask::from_elem((3, 2, 2), false), None);
         let normal = sample(Status::Normal, zeros.clone(), zeros, Mask::from_elem((3, 2, 2), false), None);
         let targets = targets(&[fractured, unlabeled, normal], &SliceConfig::default()).unwrap();
         assert!(targets[1].is_none(), "a fractured vertebra without a mask has no target");
@@ -220,13 +227,19 @@ mod tests {
         let grid = a.ct.grid();
         let draft = Mask::from_shape_fn((3, 2, 2), |(z, _, _)| z == 2);
         fracmap_core::nifti_io::write_mask(&dir.path().join("case_L1.nii.gz"), &draft, &grid).unwrap();
-        let config = SliceConfig { source: MaskSource::Drafts, drafts: Some(dir.path().into()), ..SliceConfig::default() };
+        let config =
+            SliceConfig { source: MaskSource::Drafts, drafts: Some(dir.path().into()), ..SliceConfig::default() };
         let got = targets(&[a.clone(), b], &config).unwrap();
         assert_eq!(got[0].as_ref(), Some(&draft));
         assert!(got[1].is_none(), "no draft, no target");
 
         let small = Volume::with_spacing(Array3::zeros((2, 2, 2)), [2.0; 3]).unwrap();
-        fracmap_core::nifti_io::write_volume(&dir.path().join("case_L1.nii.gz"), &small, fracmap_core::nifti_io::NiftiDtype::F32).unwrap();
+        fracmap_core::nifti_io::write_volume(
+            &dir.path().join("case_L1.nii.gz"),
+            &small,
+            fracmap_core::nifti_io::NiftiDtype::F32,
+        )
+        .unwrap();
         let err = targets(&[a], &config).unwrap_err().to_string();
         assert!(err.contains("case_L1.nii.gz") && err.contains("[2, 2, 2]"), "{err}");
     }

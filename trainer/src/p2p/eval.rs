@@ -132,7 +132,7 @@ pub fn volume_metrics(
         let Some(mask_path) = &case.fracture_mask else { continue };
         let path = Manifest::resolve(manifest_path, mask_path);
         let truth = volume_to_mask(&read_volume(&path).with_context(|| path.display().to_string())?, 0.5);
-        let mut integrator = VolumeIntegrator::new(samples[crops[0]].entry.source.clone().into());
+        let mut integrator = VolumeIntegrator::new(samples[crops[0]].entry.source.into());
         for &i in &crops {
             let geometry = crop_geometry(&samples[i].entry, samples[i].ct.clone());
             integrator.add(&geometry, &maps[i]).with_context(|| format!("crop {}", samples[i].entry.dir))?;
@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn slice_numbers_average_over_fracture_slices_and_count_flagged_empty_ones() {
         // Two slices of 1 x 4: slice 0 truth [1 1 0 0], slice 1 empty.
-        let truth = Mask::from_shape_vec((2, 1, 4), vec![true, true, false, false, false, false, false, false]).unwrap();
+        let truth =
+            Mask::from_shape_vec((2, 1, 4), vec![true, true, false, false, false, false, false, false]).unwrap();
         let map = Array3::from_shape_vec((2, 1, 4), vec![0.9, 0.2, 0.7, 0.0, 0.0, 0.6, 0.0, 0.0]).unwrap();
         let zeros = Array3::zeros((2, 1, 4));
         let fractured = sample(Status::Fractured, zeros.clone(), zeros.clone(), truth.clone(), Some(truth));
@@ -209,7 +210,9 @@ mod tests {
         use fracmap_core::vertebra_crop::{CropSpec, cut_vertebra};
         use fracmap_core::{Box3, Volume};
         let ct = Volume::with_spacing(Array3::zeros((12, 6, 6)), [1.0; 3]).unwrap();
-        let truth = Mask::from_shape_fn((12, 6, 6), |(z, y, x)| (3..6).contains(&z) && (2..4).contains(&y) && (2..4).contains(&x));
+        let truth = Mask::from_shape_fn((12, 6, 6), |(z, y, x)| {
+            (3..6).contains(&z) && (2..4).contains(&y) && (2..4).contains(&x)
+        });
         fracmap_core::nifti_io::write_mask(&dir.join("mask.nii.gz"), &truth, &ct.grid()).unwrap();
         let spec = CropSpec { spacing_mm: [1.0; 3], patch: [8, 6, 6], margin_mm: 0.0 };
         let samples = [0, 4]
@@ -218,12 +221,14 @@ mod tests {
                 let zeros = Array3::zeros((8, 6, 6));
                 let mut s = sample(Status::Fractured, zeros.clone(), zeros, Mask::from_elem((8, 6, 6), false), None);
                 s.entry.case = "c".into();
-                s.entry.source = crop.source.clone().into();
+                s.entry.source = crop.source.into();
                 s.entry.cut = crop.region.into();
-                s.entry.cut_grid = crop.cut_grid.clone().into();
+                s.entry.cut_grid = crop.cut_grid.into();
                 s.entry.resampled_shape = crop.resampled_shape;
                 s.ct = crop.ct.clone();
-                s.truth = Some(crop.cut_mask(&fracmap_core::preprocess::mask_to_volume(&truth, &ct.grid()).unwrap()).unwrap());
+                s.truth = Some(
+                    crop.cut_mask(&fracmap_core::preprocess::mask_to_volume(&truth, &ct.grid()).unwrap()).unwrap(),
+                );
                 s
             })
             .to_vec();
@@ -238,7 +243,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (manifest, samples, _) = case_on_disk(dir.path());
         // Each crop predicts its own truth: the integrated volume is the case's mask.
-        let perfect: Vec<Array3<f32>> = samples.iter().map(|s| crate::p2p::data::as_float(s.truth.as_ref().unwrap())).collect();
+        let perfect: Vec<Array3<f32>> =
+            samples.iter().map(|s| crate::p2p::data::as_float(s.truth.as_ref().unwrap())).collect();
         let m = volume_metrics(&perfect, &samples, &manifest, 0.5).unwrap().unwrap();
         assert_eq!((m.volumes, m.dice, m.mean_volume_dice), (1, 1.0, Some(1.0)), "{m:?}");
         assert_eq!(m.pr_auc, Some(1.0));

@@ -68,8 +68,7 @@ const MIN_WARMUP_DICE: f64 = 0.05;
 /// The first failure in `history` (epochs in order), or healthy.
 pub fn assess(history: &[EpochSignals]) -> Health {
     let failed = |verdict, epoch, reason: String| Health { verdict, epoch: Some(epoch), reason: Some(reason) };
-    let warmup_best =
-        history.iter().filter(|e| !e.adversarial).map(|e| e.val_dice).fold(0.0, f64::max);
+    let warmup_best = history.iter().filter(|e| !e.adversarial).map(|e| e.val_dice).fold(0.0, f64::max);
     let mut d_winning = 0;
     for e in history {
         let losses = [e.g_loss, e.g_seg, e.g_adv, e.val_soft_dice_loss];

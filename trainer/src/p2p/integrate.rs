@@ -16,7 +16,12 @@ use crate::crops::CropEntry;
 
 /// The generator's probability map of one crop (windowed CT, `[z, y, x]`): every slice
 /// predicted, `batch_size` sequences per forward pass.
-pub fn predict_crop(generator: &Generator, ct: &Array3<f32>, batch_size: usize, device: &Device) -> Result<Array3<f32>> {
+pub fn predict_crop(
+    generator: &Generator,
+    ct: &Array3<f32>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Array3<f32>> {
     let refs: Vec<SliceRef> = (0..ct.dim().0).map(|z| SliceRef { crop: 0, z }).collect();
     let mut planes = Vec::with_capacity(refs.len());
     for chunk in refs.chunks(batch_size.max(1)) {
@@ -44,9 +49,9 @@ pub fn stack_slices(planes: &[Array2<f32>]) -> Result<Array3<f32>> {
 pub fn crop_geometry(entry: &CropEntry, ct: Volume) -> VertebraCrop {
     VertebraCrop {
         ct,
-        source: entry.source.clone().into(),
-        region: entry.cut.clone().into(),
-        cut_grid: entry.cut_grid.clone().into(),
+        source: entry.source.into(),
+        region: entry.cut.into(),
+        cut_grid: entry.cut_grid.into(),
         resampled_shape: entry.resampled_shape,
     }
 }

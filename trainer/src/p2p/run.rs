@@ -123,7 +123,8 @@ pub fn train_p2p(request: &P2pTrainRequest) -> Result<P2pMetrics> {
     let fold = fold_crops(&config, &request.data, request.crops.as_deref(), request.fold, request.threads, &progress)?;
     let train_targets = targets(&fold.train, &config.slices)?;
     let val_targets = targets(&fold.val, &config.slices)?;
-    let record = RunRecord::new(MODEL_KIND, &request.data, &fold.cache, fold.split, (fold.train.len(), fold.val.len()))?;
+    let record =
+        RunRecord::new(MODEL_KIND, &request.data, &fold.cache, fold.split, (fold.train.len(), fold.val.len()))?;
     record.save(&request.out, &config.to_toml())?;
     eprintln!(
         "p2p-lstm: generator {} parameters, discriminator {} (receptive field {} px), on {device_name}",
@@ -164,17 +165,10 @@ pub fn train_p2p(request: &P2pTrainRequest) -> Result<P2pMetrics> {
     })?;
     progress.finish(&format!(
         "p2p: best epoch {} of {} ({} slices with fracture, {} without, in training); health: {:?}",
-        outcome.best_epoch,
-        config.train.epochs,
-        outcome.slices.0,
-        outcome.slices.1,
-        outcome.health.verdict
+        outcome.best_epoch, config.train.epochs, outcome.slices.0, outcome.slices.1, outcome.health.verdict
     ));
     if outcome.health.verdict == Verdict::Diverged {
-        eprintln!(
-            "the run diverged; scoring the best epoch before it ({})",
-            request.out.join(HEALTH_FILE).display()
-        );
+        eprintln!("the run diverged; scoring the best epoch before it ({})", request.out.join(HEALTH_FILE).display());
     }
     let batch = config.slices.depth;
     let tuning: Vec<Sample> = fold.train.iter().chain(&fold.val).cloned().collect();

@@ -50,8 +50,17 @@ pub struct P2pTrainRun<'a> {
 /// What [`P2pTrainRun::run`] reports as it goes.
 #[derive(Debug, Clone, Copy)]
 pub enum P2pEvent<'a> {
-    Batch { epoch: usize, epochs: usize, batch: usize, batches: usize, loss: f64 },
-    Epoch { signals: &'a EpochSignals, seconds: f64 },
+    Batch {
+        epoch: usize,
+        epochs: usize,
+        batch: usize,
+        batches: usize,
+        loss: f64,
+    },
+    Epoch {
+        signals: &'a EpochSignals,
+        seconds: f64,
+    },
     /// The first time the health turns bad; training goes on unless it diverged.
     Unhealthy(&'a Health),
 }
@@ -98,8 +107,7 @@ impl P2pTrainRun<'_> {
         let kind = config.loss.adversarial;
         let epochs = config.train.epochs;
         let batch_size = config.train.batch_size;
-        let empty_per_epoch =
-            drawn(config.slices.normal_slices_per_fracture, train_fracture.len(), train_empty.len());
+        let empty_per_epoch = drawn(config.slices.normal_slices_per_fracture, train_fracture.len(), train_empty.len());
         let batches = (train_fracture.len() + empty_per_epoch).div_ceil(batch_size);
 
         let mut csv = format!("{}\n", METRICS_COLUMNS.join(","));
@@ -460,8 +468,7 @@ mod tests {
         for file in [CURVES_FILE, HEALTH_FILE, BEST_GENERATOR_FILE, LAST_GENERATOR_FILE, LAST_DISCRIMINATOR_FILE] {
             assert!(dir.path().join(file).is_file(), "{file}");
         }
-        let health: Health =
-            serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_FILE)).unwrap()).unwrap();
+        let health: Health = serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_FILE)).unwrap()).unwrap();
         assert_eq!(health, outcome.health);
     }
 
@@ -493,8 +500,7 @@ mod tests {
         let result = run_observed(&config, dir.path(), &mut events);
         assert!(result.is_err(), "nothing to keep when the first epoch diverges");
         assert_eq!(events.first().map(|h| h.verdict), Some(Verdict::Diverged));
-        let health: Health =
-            serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_FILE)).unwrap()).unwrap();
+        let health: Health = serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_FILE)).unwrap()).unwrap();
         assert_eq!((health.verdict, health.epoch), (Verdict::Diverged, Some(1)));
         assert!(dir.path().join(CURVES_FILE).is_file(), "the curves stay for the post-mortem");
     }

@@ -267,7 +267,7 @@ fn write_curves(run_dir: &Path, history: &[EpochSignals]) -> Result<()> {
         series("val soft Dice loss", |e| e.val_soft_dice_loss),
     ];
     let options = ChartOptions {
-        title: "pix2pix-LSTM: losses per epoch (the adversary starts after the warm-up)".to_string(),
+        title: "pix2pix-LSTM losses (adversary after the warm-up)".to_string(),
         x_label: "epoch".to_string(),
         y_label: "loss".to_string(),
         log_y: false,

@@ -54,7 +54,8 @@ struct Args {
     /// match its manifest stops the server [default: none, no models].
     #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
-    /// The segmentation model for requests that name none [default: the first by name].
+    /// The segmentation model for requests that name none [default: the first U-Net by name,
+    /// else the first p2p_lstm model].
     #[arg(long, value_name = "NAME")]
     default_model: Option<String>,
     /// Segmentations run at once; each model gets as many ONNX Runtime sessions [default: 1].

@@ -82,7 +82,7 @@ impl Metrics {
     }
 
     /// Time of one pipeline stage of one request; `stage` one of "receive", "decode", "queue",
-    /// "crop", "vae", "unet", "paste", "mask", "send".
+    /// "crop", "vae", "unet" (a U-Net) or "p2p" (a slice model's runs), "paste", "mask", "send".
     pub fn observe_stage(&self, stage: &'static str, seconds: f64) {
         lock(&self.stages).entry(stage).or_default().observe(seconds);
     }

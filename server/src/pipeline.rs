@@ -4,21 +4,27 @@
 //! alike.
 //!
 //! Every step is core's, with the numbers of the models' manifests, so that a vertebra reaches
-//! the models as the trainer's crop cache prepared it:
+//! the models as the trainer's crop cache prepared it. The models are [`CropModels`]: a VAE
+//! and the U-Net that reads its error maps ([`ModelPair`]), or a slice model, the 2.5D
+//! pix2pix-LSTM ([`SliceModel`]), which reads the CT alone.
 //!
 //! 1. crop: [`cut_vertebra`] with the manifest's [`CropSpec`] (body box + margin, resampled to
 //!    the model's spacing, cut or padded to the patch) and [`AIR_HU`] past the CT's edges, then
 //!    the manifest's HU window;
-//! 2. vae: the VAE's error output `E = |X - X_hat|`, smoothed by
+//! 2. vae (a pair only): the VAE's error output `E = |X - X_hat|`, smoothed by
 //!    [`gaussian_smooth`] when `error_sigma > 0`, scaled by [`normalise_error`] (the U-Net's
 //!    [`ErrorInput`]);
-//! 3. unet: `[X, normalised E]` to the probability `P` (the graph ends in a sigmoid);
+//! 3. unet: `[X, normalised E]` to the probability `P` (the graph ends in a sigmoid); or, for a
+//!    slice model, every axial slice `z` of the crop as the centre of its sequence of `context`
+//!    slices (the crop's edge slices repeated, [`sequence_indices`]) to that slice of `P`;
 //! 4. paste: each crop's `P` back onto the CT's grid ([`VertebraCrop::paste_back`]: undoes the
 //!    patch, resamples to the CT's spacing, drops what lies past the CT) and stitched where
 //!    crops overlap: the mean of the vertebrae's `P` weighted by the paste weight (0 where an
-//!    [oversize](VertebraCrop::oversize) vertebra's patch did not reach) times nnU-Net's
-//!    Gaussian importance of the patch, so that a voxel trusts the crop it lies near the
-//!    centre of; 0 where no crop reaches;
+//!    [oversize](VertebraCrop::oversize) vertebra's patch did not reach) times, for a pair,
+//!    nnU-Net's Gaussian importance of the patch, so that a voxel trusts the crop it lies near
+//!    the centre of; a slice model's crops by the paste weight alone, the plain mean of the
+//!    trainer's 3D integration (`fracmap_trainer::p2p::integrate`), so that both agree; 0 where
+//!    no crop reaches;
 //! 5. mask: [`pseudo_label`], the flywheel's draft mask, inside the clinician's fracture boxes
 //!    when there are any.
 //!
@@ -36,18 +42,22 @@ use fracmap_core::sliding_window::gaussian_importance;
 use fracmap_core::smoothing::gaussian_smooth;
 use fracmap_core::vertebra_crop::{AIR_HU, CropSpec, PastedPrediction, VertebraCrop, VertebraCropError, cut_vertebra};
 use fracmap_core::{Box3, GeometryError, Mask, PseudoLabel, PseudoLabelConfig, PseudoLabelError, Volume};
-use ndarray::{Array3, Array5, ArrayView3, Axis, Ix5, Zip, s};
+use ndarray::{Array, Array3, Array4, Array5, ArrayView, ArrayView3, Axis, Dimension, Zip, s};
 use ort::value::TensorRef;
 
 use crate::models::LoadedModel;
 
-/// The draft-mask threshold when neither the request nor the U-Net's manifest gives one: the
-/// sigmoid's even odds.
+/// The draft-mask threshold when neither the request nor the U-Net's (or slice model's)
+/// manifest gives one: the sigmoid's even odds.
 pub const DEFAULT_MASK_THRESHOLD: f32 = 0.5;
 
 /// The Gaussian importance of a crop when crops overlap: `sigma = patch / 8` per axis, as
 /// nnU-Net weights its sliding windows.
 pub const IMPORTANCE_SIGMA_FRACTION: f64 = 1.0 / 8.0;
+
+/// The manifest architecture of a slice model: the 2.5D pix2pix-LSTM generator that
+/// `fracmap-train export` writes.
+pub const SLICE_ARCHITECTURE: &str = "p2p_lstm";
 
 /// One vertebra to examine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,15 +110,17 @@ impl Interrupt {
 /// How [`segment`] runs and what it returns beyond the probability map.
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
-    /// Draft-mask threshold in `(0, 1]`; `None`: the U-Net manifest's `mask_threshold`, else
-    /// [`DEFAULT_MASK_THRESHOLD`].
+    /// Draft-mask threshold in `(0, 1]`; `None`: the U-Net's (or slice model's) manifest's
+    /// `mask_threshold`, else [`DEFAULT_MASK_THRESHOLD`].
     pub threshold: Option<f32>,
     /// Draft-mask components of fewer voxels are dropped (see [`PseudoLabelConfig`]).
     pub min_component_voxels: usize,
-    /// Crops per model run: all vertebrae of a spine in a few runs, with a bounded memory.
+    /// Crops per model run: all vertebrae of a spine in a few runs, with a bounded memory. A
+    /// slice model runs as many crops' worth of sequences at once: `max_batch * depth`
+    /// sequences (`depth` the patch's), whichever crops they come from.
     pub max_batch: NonZeroUsize,
     /// Whether to stitch the U-Net's error channel onto the CT's grid too
-    /// ([`Segmentation::error_map`]).
+    /// ([`Segmentation::error_map`]); a slice model has none ([`PipelineError::NoErrorMap`]).
     pub error_map: bool,
     /// Checked between steps and model runs.
     pub interrupt: Interrupt,
@@ -175,8 +187,9 @@ pub struct VertebraResult {
 pub struct StageTimings {
     /// Cutting, resampling and windowing the crops.
     pub crop: Duration,
-    /// The VAE and the error maps made from its output.
+    /// The VAE and the error maps made from its output; 0 for a slice model.
     pub vae: Duration,
+    /// The U-Net, or a slice model's runs over every slice.
     pub unet: Duration,
     /// Pasting back and stitching.
     pub paste: Duration,
@@ -188,6 +201,10 @@ pub struct StageTimings {
 pub enum PipelineError {
     #[error("models {vae} (VAE) and {unet} (U-Net) do not work together: {problem}")]
     ModelPair { vae: String, unet: String, problem: String },
+    #[error("model {model} cannot segment as a slice model ({SLICE_ARCHITECTURE}): {problem}")]
+    SliceModel { model: String, problem: String },
+    #[error("error_map: model {model} has no error map to give: a {SLICE_ARCHITECTURE} model reads no VAE's error map")]
+    NoErrorMap { model: String },
     #[error("no vertebrae to examine")]
     NoVertebrae,
     #[error("CT has {count} non-finite voxels (NaN or infinite), first at [z, y, x] = {first:?}: {value}")]
@@ -322,6 +339,200 @@ impl<'a> ModelPair<'a> {
     }
 }
 
+/// A slice model, checked to be one the pipeline can run: the 2.5D pix2pix-LSTM generator
+/// (manifest architecture [`SLICE_ARCHITECTURE`]), which predicts one axial slice of a crop
+/// from the `context` slices around it and reads no VAE.
+#[derive(Debug)]
+pub struct SliceModel<'a> {
+    model: &'a LoadedModel,
+    /// Slices in a sequence, odd; the predicted one is the centre.
+    context: usize,
+}
+
+impl<'a> SliceModel<'a> {
+    /// Checks that `model`'s manifest is a [`SLICE_ARCHITECTURE`] model with a valid crop, one
+    /// input `[batch, context, y, x]` (`context` fixed and odd; `y, x` the patch's) and one
+    /// output `[batch, 1, y, x]`.
+    pub fn new(model: &'a LoadedModel) -> Result<Self, PipelineError> {
+        let refuse = |problem: String| PipelineError::SliceModel { model: model_id(model), problem };
+        let manifest = &model.manifest;
+        if manifest.architecture != SLICE_ARCHITECTURE {
+            return Err(refuse(format!("its manifest's architecture is {:?}", manifest.architecture)));
+        }
+        let spec = CropSpec::from(&manifest.preprocessing);
+        spec.validate().map_err(|e| refuse(e.to_string()))?;
+        let [_, h, w] = spec.patch.map(|n| n as u64);
+        let ([input], [output]) = (&manifest.inputs[..], &manifest.outputs[..]) else {
+            return Err(refuse(format!(
+                "it has {} inputs and {} outputs; the pipeline feeds one and reads one",
+                manifest.inputs.len(),
+                manifest.outputs.len()
+            )));
+        };
+        let context = match input.shape.get(1) {
+            Some(&Dim::Fixed(context)) if context % 2 == 1 => context as usize,
+            _ => {
+                return Err(refuse(format!(
+                    "its input {} has shape {:?}; the pipeline uses [batch, context, {h}, {w}] with a fixed, odd \
+                     context (the predicted slice is the centre)",
+                    input.name, input.shape
+                )));
+            }
+        };
+        let fits = |dim: &Dim, length: u64| matches!(dim, Dim::Dynamic(_)) || *dim == Dim::Fixed(length);
+        for (tensor, channels) in [(input, context as u64), (output, 1)] {
+            let ok = tensor.shape.len() == 4 && tensor.shape[1..].iter().zip([channels, h, w]).all(|(d, n)| fits(d, n));
+            if !ok {
+                return Err(refuse(format!(
+                    "its {} has shape {:?}; the pipeline uses [batch, {channels}, {h}, {w}] (y, x of the patch {:?})",
+                    tensor.name, tensor.shape, spec.patch
+                )));
+            }
+        }
+        Ok(SliceModel { model, context })
+    }
+
+    /// How the model prepares a crop.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.model.manifest.preprocessing
+    }
+
+    /// The draft-mask threshold without an override: the manifest's, else
+    /// [`DEFAULT_MASK_THRESHOLD`].
+    pub fn default_threshold(&self) -> f32 {
+        self.model.manifest.mask_threshold.unwrap_or(DEFAULT_MASK_THRESHOLD)
+    }
+
+    /// The probability maps of `crops` (windowed, `[z, y, x]` of the patch): every slice `z`
+    /// predicted as the centre of its sequence, in runs of at most `options.max_batch` crops'
+    /// worth of sequences, checking `options.interrupt` before each.
+    fn probabilities(
+        &self,
+        crops: &[Array3<f32>],
+        options: &SegmentOptions,
+    ) -> Result<Vec<Array3<f32>>, PipelineError> {
+        let manifest = &self.model.manifest;
+        let (input, output) = (&manifest.inputs[0].name, &manifest.outputs[0].name);
+        let (depth, h, w) = crops[0].dim();
+        let slices: Vec<(usize, usize)> =
+            (0..crops.len()).flat_map(|crop| (0..depth).map(move |z| (crop, z))).collect();
+        let mut maps: Vec<Array3<f32>> = crops.iter().map(|crop| Array3::zeros(crop.dim())).collect();
+        for run_slices in slices.chunks(options.max_batch.get() * depth) {
+            options.interrupt.check()?;
+            let mut batch = Array4::zeros((run_slices.len(), self.context, h, w));
+            for (i, &(crop, z)) in run_slices.iter().enumerate() {
+                for (t, source) in sequence_indices(z, depth, self.context).enumerate() {
+                    batch.slice_mut(s![i, t, .., ..]).assign(&crops[crop].index_axis(Axis(0), source));
+                }
+            }
+            let planes = run(self.model, input, output, batch.view())?;
+            for (i, &(crop, z)) in run_slices.iter().enumerate() {
+                maps[crop].index_axis_mut(Axis(0), z).assign(&planes.slice(s![i, 0, .., ..]));
+            }
+        }
+        Ok(maps)
+    }
+}
+
+/// The slice indices of the sequence centred on slice `z` of a crop of `depth` slices, the
+/// crop's edge slices repeated where the sequence reaches past them: `context = 5, z = 0`
+/// gives `[0, 0, 0, 1, 2]`, as the trainer's `p2p::data::sequence_indices` (a test checks
+/// they agree).
+pub fn sequence_indices(z: usize, depth: usize, context: usize) -> impl Iterator<Item = usize> {
+    let half = context / 2;
+    (0..context).map(move |t| (z + t).saturating_sub(half).min(depth - 1))
+}
+
+/// The models [`segment`] runs on a CT's crops: a [`ModelPair`] or a [`SliceModel`].
+#[derive(Debug, Clone, Copy)]
+pub enum CropModels<'a> {
+    Pair(&'a ModelPair<'a>),
+    Slices(&'a SliceModel<'a>),
+}
+
+impl<'r, 'a: 'r> From<&'r ModelPair<'a>> for CropModels<'r> {
+    fn from(pair: &'r ModelPair<'a>) -> Self {
+        CropModels::Pair(pair)
+    }
+}
+
+impl<'r, 'a: 'r> From<&'r SliceModel<'a>> for CropModels<'r> {
+    fn from(slices: &'r SliceModel<'a>) -> Self {
+        CropModels::Slices(slices)
+    }
+}
+
+/// What the models made of the crops: the probability maps and, for a pair, the normalised
+/// error maps the U-Net read (each `[z, y, x]` of the patch).
+struct Predictions {
+    probabilities: Vec<Array3<f32>>,
+    errors: Option<Vec<Array3<f32>>>,
+}
+
+impl CropModels<'_> {
+    /// How the models prepare a crop.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        match self {
+            CropModels::Pair(pair) => pair.preprocessing(),
+            CropModels::Slices(slices) => slices.preprocessing(),
+        }
+    }
+
+    /// The draft-mask threshold without an override.
+    pub fn default_threshold(&self) -> f32 {
+        match self {
+            CropModels::Pair(pair) => pair.default_threshold(),
+            CropModels::Slices(slices) => slices.default_threshold(),
+        }
+    }
+
+    /// The weight of a crop's voxels where crops overlap besides the paste weight, `[z, y, x]`
+    /// of the patch: a pair's Gaussian importance; none for a slice model (a plain mean).
+    fn importance(&self) -> Option<&Array3<f32>> {
+        match self {
+            CropModels::Pair(pair) => Some(&pair.importance),
+            CropModels::Slices(_) => None,
+        }
+    }
+
+    /// The models run on `crops` (windowed), timed into `timings.vae` and `timings.unet`.
+    fn predict(
+        &self,
+        crops: &[Array3<f32>],
+        options: &SegmentOptions,
+        timings: &mut StageTimings,
+    ) -> Result<Predictions, PipelineError> {
+        match self {
+            CropModels::Pair(pair) => {
+                let started = Instant::now();
+                let errors = pair.error_maps(crops, options)?;
+                timings.vae = started.elapsed();
+                let started = Instant::now();
+                let probabilities = pair.probabilities(crops, &errors, options)?;
+                options.interrupt.check()?;
+                timings.unet = started.elapsed();
+                Ok(Predictions { probabilities, errors: Some(errors) })
+            }
+            CropModels::Slices(slices) => {
+                let started = Instant::now();
+                let probabilities = slices.probabilities(crops, options)?;
+                options.interrupt.check()?;
+                timings.unet = started.elapsed();
+                Ok(Predictions { probabilities, errors: None })
+            }
+        }
+    }
+
+    /// Whether the models make an error map ([`SegmentOptions::error_map`]); the slice
+    /// model's error when not.
+    fn check_error_map(&self) -> Result<(), PipelineError> {
+        match self {
+            CropModels::Pair(_) => Ok(()),
+            CropModels::Slices(slices) => Err(PipelineError::NoErrorMap { model: model_id(slices.model) }),
+        }
+    }
+}
+
 /// Whether a model has one input `[batch, channels, patch]` (a dynamic axis fits any length)
 /// and `output` among its outputs, the same shape with one channel.
 fn check_signature(
@@ -381,49 +592,62 @@ fn run_batched(
                 batch.slice_mut(s![i, c, .., .., ..]).assign(crop);
             }
         }
-        let maps = run(model, input, output, batch)?;
+        let maps = run(model, input, output, batch.view())?;
         results.extend(maps.axis_iter(Axis(0)).map(|map| map.index_axis(Axis(0), 0).to_owned()));
     }
     Ok(results)
 }
 
-/// One run of `model` on `batch` `[n, c, z, y, x]`; its `output`, checked `[n, 1, z, y, x]`.
-/// Holds one of the model's sessions for the run alone.
-fn run(model: &LoadedModel, input: &str, output: &str, batch: Array5<f32>) -> Result<Array5<f32>, PipelineError> {
+/// One run of `model` on `batch` `[n, c, ...]` (`[n, c, z, y, x]` crops, `[n, c, y, x]`
+/// slice sequences); its `output`, checked `[n, 1, ...]`. Holds one of the model's sessions
+/// for the run alone.
+fn run<D: Dimension + 'static>(
+    model: &LoadedModel,
+    input: &str,
+    output: &str,
+    batch: ArrayView<'_, f32, D>,
+) -> Result<Array<f32, D>, PipelineError> {
     let failed = |source| PipelineError::Run { model: model_id(model), source };
     let bad_output =
         |problem: String| PipelineError::Output { model: model_id(model), output: output.to_string(), problem };
-    let (n, _, d, h, w) = batch.dim();
-    let tensor = TensorRef::from_array_view(batch.view()).map_err(failed)?;
+    let mut expected = batch.raw_dim();
+    expected[1] = 1;
+    let tensor = TensorRef::from_array_view(batch).map_err(failed)?;
     let mut session = model.sessions.get();
     let outputs = session.run(ort::inputs![input => tensor]).map_err(failed)?;
     let value = outputs.get(output).ok_or_else(|| bad_output("not among the graph's outputs".to_string()))?;
     let array = value.try_extract_array::<f32>().map_err(failed)?;
     let shape = array.shape().to_vec();
     let array = array
-        .into_dimensionality::<Ix5>()
+        .into_dimensionality::<D>()
         .ok()
-        .filter(|a| a.dim() == (n, 1, d, h, w))
-        .ok_or_else(|| bad_output(format!("shape {shape:?}, expected [{n}, 1, {d}, {h}, {w}]")))?;
+        .filter(|a| a.raw_dim() == expected)
+        .ok_or_else(|| bad_output(format!("shape {shape:?}, expected {:?}", expected.slice())))?;
     Ok(array.to_owned())
 }
 
-/// Examines `vertebrae` of `ct` (HU, any grid) with `models`: the module's five steps. The
-/// draft mask stays inside `fracture_boxes` (the CT's voxels) when there are any.
+/// Examines `vertebrae` of `ct` (HU, any grid) with `models` (a [`ModelPair`] or a
+/// [`SliceModel`], or [`CropModels`]): the module's five steps. The draft mask stays inside
+/// `fracture_boxes` (the CT's voxels) when there are any.
 ///
 /// Fails, before running a model, on an empty list of vertebrae, a non-finite CT voxel, a
-/// body or fracture box reaching outside the CT, or a threshold outside `(0, 1]`; and on a
-/// model run that fails or returns what its manifest did not promise.
-pub fn segment(
+/// body or fracture box reaching outside the CT, a threshold outside `(0, 1]`, or an error map
+/// asked of a slice model; and on a model run that fails or returns what its manifest did not
+/// promise.
+pub fn segment<'a>(
     ct: &Volume,
     vertebrae: &[Vertebra],
     fracture_boxes: &[Box3],
-    models: &ModelPair<'_>,
+    models: impl Into<CropModels<'a>>,
     options: &SegmentOptions,
 ) -> Result<Segmentation, PipelineError> {
+    let models = models.into();
     let threshold = options.threshold.unwrap_or_else(|| models.default_threshold());
     let mask_config = PseudoLabelConfig { threshold, min_component_voxels: options.min_component_voxels };
     check_request(ct, vertebrae, fracture_boxes, &mask_config)?;
+    if options.error_map {
+        models.check_error_map()?;
+    }
     options.interrupt.check()?;
     let mut timings = StageTimings::default();
 
@@ -441,23 +665,25 @@ pub fn segment(
     let windowed: Vec<Array3<f32>> = crops.iter().map(|crop| window.apply(&crop.ct).into_data()).collect();
     timings.crop = started.elapsed();
 
-    let started = Instant::now();
-    let errors = models.error_maps(&windowed, options)?;
-    timings.vae = started.elapsed();
-
-    let started = Instant::now();
-    let probabilities = models.probabilities(&windowed, &errors, options)?;
-    options.interrupt.check()?;
-    timings.unet = started.elapsed();
+    let Predictions { probabilities, errors } = models.predict(&windowed, options, &mut timings)?;
 
     let started = Instant::now();
     let mut pasted = Vec::with_capacity(crops.len());
     for (index, crop) in crops.iter().enumerate() {
         let probability = crop.paste_back(probabilities[index].view()).map_err(crop_error(index))?;
-        let importance = crop.paste_back(models.importance.view()).map_err(crop_error(index))?;
-        let weight = &probability.weight * &importance.values;
-        let error =
-            options.error_map.then(|| crop.paste_back(errors[index].view())).transpose().map_err(crop_error(index))?;
+        let weight = match models.importance() {
+            Some(importance) => {
+                let importance = crop.paste_back(importance.view()).map_err(crop_error(index))?;
+                &probability.weight * &importance.values
+            }
+            None => probability.weight.clone(),
+        };
+        let error = errors
+            .as_ref()
+            .filter(|_| options.error_map)
+            .map(|errors| crop.paste_back(errors[index].view()))
+            .transpose()
+            .map_err(crop_error(index))?;
         pasted.push(Pasted { probability, error, weight });
     }
     let bounds = union(pasted.iter().map(|p| p.probability.region)).ok_or(PipelineError::NoVertebrae)?;
@@ -587,7 +813,7 @@ fn draft_mask(
 }
 
 /// One vertebra's predictions on the CT's grid and its stitching weight there (the paste
-/// weight times the pasted Gaussian importance), all on `probability.region`.
+/// weight, times the pasted Gaussian importance for a pair), all on `probability.region`.
 struct Pasted {
     probability: PastedPrediction,
     error: Option<PastedPrediction>,

@@ -2,6 +2,7 @@
 //! serves is fixed at start-up (see [`crate::server`]); a request's work is the pipeline's
 //! ([`crate::pipeline::segment`]), admitted by [`Admission`] and run on a blocking thread.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fracmap_core::model_manifest::{Dim, ModelManifest, TensorSpec};
-use fracmap_core::{Box3, Grid};
+use fracmap_core::{Box3, Grid, Volume};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +21,10 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::metrics::Metrics;
 use crate::models::LoadedModel;
-use crate::pipeline::{Interrupt, ModelPair, PipelineError, SegmentOptions, Segmentation, segment};
+use crate::pipeline::{
+    Interrupt, ModelPair, PipelineError, SLICE_ARCHITECTURE, SegmentOptions, Segmentation, SliceModel, Vertebra,
+    segment,
+};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListModelsRequest, ListModelsResponse, OutputKind, OutputVolume,
     ProbabilityEncoding, SegmentHeader, SegmentRequest, SegmentResponse, SegmentSummary, VolumeChunk, VoxelBox,
@@ -38,7 +42,8 @@ pub const REQUEST_ID_KEY: &str = "x-request-id";
 /// How the service runs segmentations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSettings {
-    /// The segmentation model for requests that name none; `None`: the first by name.
+    /// The segmentation model for requests that name none; `None`: the first U-Net by name, or
+    /// the first slice model by name when no U-Net can segment.
     pub default_model: Option<String>,
     pub limits: Limits,
     /// Crops per model run.
@@ -69,11 +74,57 @@ pub enum ServiceError {
     UnknownDefault { name: String, known: String },
 }
 
-/// A U-Net that can segment, and the VAE whose error maps it reads (indices in the models).
+/// What can segment, by indices in the models: a U-Net and the VAE whose error maps it reads,
+/// or a slice model (architecture [`SLICE_ARCHITECTURE`]) that reads the CT alone.
 #[derive(Debug, Clone, Copy)]
-struct Segmenter {
-    unet: usize,
-    vae: usize,
+enum Segmenter {
+    Pair { unet: usize, vae: usize },
+    Slices { model: usize },
+}
+
+impl Segmenter {
+    /// The model a request names: the U-Net, or the slice model.
+    fn model(self) -> usize {
+        match self {
+            Segmenter::Pair { unet, .. } => unet,
+            Segmenter::Slices { model } => model,
+        }
+    }
+
+    fn vae(self) -> Option<usize> {
+        match self {
+            Segmenter::Pair { vae, .. } => Some(vae),
+            Segmenter::Slices { .. } => None,
+        }
+    }
+
+    /// The metrics stages of its model runs with their times in `t`: "vae" and "unet" for a
+    /// pair, "p2p" for a slice model.
+    fn model_stages(self, t: &crate::pipeline::StageTimings) -> Vec<(&'static str, Duration)> {
+        match self {
+            Segmenter::Pair { .. } => vec![("vae", t.vae), ("unet", t.unet)],
+            Segmenter::Slices { .. } => vec![("p2p", t.unet)],
+        }
+    }
+
+    /// [`segment`] with these models.
+    fn segment(
+        self,
+        models: &[LoadedModel],
+        ct: &Volume,
+        vertebrae: &[Vertebra],
+        fracture_boxes: &[Box3],
+        options: &SegmentOptions,
+    ) -> Result<Segmentation, PipelineError> {
+        match self {
+            Segmenter::Pair { unet, vae } => {
+                segment(ct, vertebrae, fracture_boxes, &ModelPair::new(&models[vae], &models[unet])?, options)
+            }
+            Segmenter::Slices { model } => {
+                segment(ct, vertebrae, fracture_boxes, &SliceModel::new(&models[model])?, options)
+            }
+        }
+    }
 }
 
 /// Implements `fracmap.v1.Fracmap`.
@@ -84,6 +135,8 @@ pub struct FracmapService {
     segmenters: Arc<[Segmenter]>,
     /// Index into `segmenters`.
     default: Option<usize>,
+    /// Why each loaded U-Net or slice model that cannot segment is not offered, by name.
+    refused: Arc<BTreeMap<String, String>>,
     settings: ServiceSettings,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
@@ -91,8 +144,9 @@ pub struct FracmapService {
 
 impl FracmapService {
     /// A service on `runtime`, whose models run on `provider` with `intra_threads` threads.
-    /// Pairs every U-Net with the loaded VAE it reads; a U-Net without its VAE is logged and
-    /// not offered.
+    /// Pairs every U-Net with the loaded VAE it reads and offers every slice model
+    /// ([`SLICE_ARCHITECTURE`]) beside them; a U-Net without its VAE, or a model the pipeline
+    /// cannot run, is logged and not offered.
     pub fn new(
         runtime: &OnnxRuntime,
         provider: ExecutionProvider,
@@ -101,8 +155,8 @@ impl FracmapService {
         settings: ServiceSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ServiceError> {
-        let segmenters = pair_models(&models);
-        let name_of = |s: &Segmenter| models[s.unet].manifest.name.as_str();
+        let (segmenters, refused) = find_segmenters(&models);
+        let name_of = |s: &Segmenter| models[s.model()].manifest.name.as_str();
         let default = match &settings.default_model {
             Some(name) => Some(segmenters.iter().position(|s| name_of(s) == name).ok_or_else(|| {
                 ServiceError::UnknownDefault {
@@ -128,6 +182,7 @@ impl FracmapService {
             models: models.into(),
             segmenters: segmenters.into(),
             default,
+            refused: Arc::new(refused),
             settings,
             admission,
             metrics,
@@ -143,24 +198,40 @@ impl FracmapService {
     fn segmenter(&self, header: &SegmentHeader) -> Result<Segmenter, Status> {
         let found = if header.model.is_empty() {
             self.default.map(|i| self.segmenters[i]).ok_or_else(|| {
-                Status::not_found("this server has no segmentation model (a U-Net with the VAE it reads)")
-            })?
-        } else {
-            *self.segmenters.iter().find(|s| self.models[s.unet].manifest.name == header.model).ok_or_else(|| {
-                let known: Vec<&str> =
-                    self.segmenters.iter().map(|s| self.models[s.unet].manifest.name.as_str()).collect();
                 Status::not_found(format!(
-                    "header.model: no segmentation model {:?} here (known: {})",
-                    header.model,
-                    known.join(", ")
+                    "this server has no segmentation model (a U-Net with the VAE it reads, or a {SLICE_ARCHITECTURE} \
+                     model)"
                 ))
             })?
+        } else {
+            *self.segmenters.iter().find(|s| self.models[s.model()].manifest.name == header.model).ok_or_else(|| {
+                let known: Vec<&str> =
+                    self.segmenters.iter().map(|s| self.models[s.model()].manifest.name.as_str()).collect();
+                let known = known.join(", ");
+                match self.refused.get(&header.model) {
+                    Some(reason) => Status::not_found(format!(
+                        "header.model: model {:?} is loaded but cannot segment: {reason} (known: {known})",
+                        header.model
+                    )),
+                    None => Status::not_found(format!(
+                        "header.model: no segmentation model {:?} here (known: {known})",
+                        header.model
+                    )),
+                }
+            })?
         };
-        let served = self.models[found.unet].manifest.version;
-        if header.model_version != 0 && header.model_version != served {
+        let model = &self.models[found.model()].manifest;
+        if header.model_version != 0 && header.model_version != model.version {
             return Err(Status::not_found(format!(
-                "header.model_version: {} version {} is not served; version {served} is",
-                self.models[found.unet].manifest.name, header.model_version
+                "header.model_version: {} version {} is not served; version {} is",
+                model.name, header.model_version, model.version
+            )));
+        }
+        // Refused before the upload: a slice model has no error map to give.
+        if header.error_map && found.vae().is_none() {
+            return Err(Status::invalid_argument(format!(
+                "header.error_map: model {} is a {} model, which reads no VAE's error map; ask without error_map",
+                model.name, model.architecture
             )));
         }
         Ok(found)
@@ -185,10 +256,10 @@ impl FracmapService {
         segment_request::check_header(&header, &limits)?;
         let segmenter = self.segmenter(&header)?;
         let mut admitted = self.admission.admit()?;
-        let (unet, vae) = (&self.models[segmenter.unet], &self.models[segmenter.vae]);
+        let (model, vae) = (&self.models[segmenter.model()], segmenter.vae().map(|vae| &self.models[vae]));
         tracing::info!(
-            model = %unet.manifest.name,
-            version = unet.manifest.version,
+            model = %model.manifest.name,
+            version = model.manifest.version,
             ct_bytes = header.ct.as_ref().map_or(0, |ct| ct.total_bytes),
             encoding = header.ct.as_ref().map_or("", |ct| ct.encoding().as_str_name()),
             vertebrae = header.vertebrae.len(),
@@ -234,24 +305,18 @@ impl FracmapService {
         let grid = ct.grid();
         let segmentation = tokio::task::spawn_blocking(move || {
             let _running = admitted;
-            let pair = ModelPair::new(&models[segmenter.vae], &models[segmenter.unet])?;
-            segment(&ct, &vertebrae, &fracture_boxes, &pair, &options)
+            segmenter.segment(&models, &ct, &vertebrae, &fracture_boxes, &options)
         })
         .await
         .map_err(|e| Status::internal(format!("the segmentation failed: {e}")))?
         .map_err(pipeline_status)?;
 
         let t = &segmentation.timings;
-        for (stage, time) in [
-            ("receive", receive),
-            ("decode", decode),
-            ("queue", queue),
-            ("crop", t.crop),
-            ("vae", t.vae),
-            ("unet", t.unet),
-            ("paste", t.paste),
-            ("mask", t.mask),
-        ] {
+        let stages = [("receive", receive), ("decode", decode), ("queue", queue), ("crop", t.crop)]
+            .into_iter()
+            .chain(segmenter.model_stages(t))
+            .chain([("paste", t.paste), ("mask", t.mask)]);
+        for (stage, time) in stages {
             self.metrics.observe_stage(stage, time.as_secs_f64());
         }
         let timings = proto::StageTimings {
@@ -268,9 +333,9 @@ impl FracmapService {
         let outputs = Outputs::new(segmentation, &header);
         let summary = SegmentSummary {
             request_id: request_id.clone(),
-            model: Some(model_ref(unet)),
-            vae: Some(model_ref(vae)),
-            execution_provider: proto::ExecutionProvider::from(unet.provider).into(),
+            model: Some(model_ref(model)),
+            vae: vae.map(model_ref),
+            execution_provider: proto::ExecutionProvider::from(model.provider).into(),
             threshold: outputs.segmentation.threshold,
             mask_voxels: outputs.segmentation.mask_voxels as u64,
             mask_volume_mm3: outputs.segmentation.mask_volume_mm3,
@@ -457,31 +522,46 @@ fn pipeline_status(error: PipelineError) -> Status {
         | PipelineError::Crop { .. } => Status::invalid_argument(message),
         PipelineError::Cancelled => Status::cancelled(message),
         PipelineError::DeadlineExceeded => Status::deadline_exceeded(message),
+        PipelineError::NoErrorMap { .. } => Status::invalid_argument(format!("header.{message}")),
         PipelineError::ModelPair { .. }
+        | PipelineError::SliceModel { .. }
         | PipelineError::Run { .. }
         | PipelineError::Output { .. }
         | PipelineError::Mask(_) => Status::internal(message),
     }
 }
 
-/// Every U-Net (a manifest with `error_input`) with the loaded VAE it reads and works with.
-fn pair_models(models: &[LoadedModel]) -> Vec<Segmenter> {
-    let mut segmenters = Vec::new();
-    for (unet, model) in models.iter().enumerate() {
-        if model.manifest.error_input.is_none() {
+/// What can segment: every U-Net (a manifest with `error_input`) with the loaded VAE it reads
+/// and works with, then every slice model ([`SLICE_ARCHITECTURE`]) the pipeline can run, each
+/// in the models' (name) order; and, by name, why the other U-Nets and slice models are not
+/// offered.
+fn find_segmenters(models: &[LoadedModel]) -> (Vec<Segmenter>, BTreeMap<String, String>) {
+    let (mut pairs, mut slice_models, mut refused) = (Vec::new(), Vec::new(), BTreeMap::new());
+    for (index, model) in models.iter().enumerate() {
+        let manifest = &model.manifest;
+        let found = if manifest.architecture == SLICE_ARCHITECTURE {
+            SliceModel::new(model).map(|_| Segmenter::Slices { model: index }).map_err(|e| e.to_string())
+        } else if manifest.error_input.is_some() {
+            match models.iter().position(|vae| manifest.takes_errors_from(&vae.manifest)) {
+                Some(vae) => ModelPair::new(&models[vae], model)
+                    .map(|_| Segmenter::Pair { unet: index, vae })
+                    .map_err(|e| e.to_string()),
+                None => Err("the VAE whose error maps it reads is not loaded".to_string()),
+            }
+        } else {
             continue;
-        }
-        let vae = models.iter().position(|vae| model.manifest.takes_errors_from(&vae.manifest));
-        match vae.map(|vae| (vae, ModelPair::new(&models[vae], model))) {
-            Some((vae, Ok(_))) => segmenters.push(Segmenter { unet, vae }),
-            Some((_, Err(error))) => tracing::warn!("model {} not offered: {error}", model.manifest.name),
-            None => tracing::warn!(
-                "model {} not offered: the VAE whose error maps it reads is not loaded",
-                model.manifest.name
-            ),
+        };
+        match found {
+            Ok(pair @ Segmenter::Pair { .. }) => pairs.push(pair),
+            Ok(slice_model) => slice_models.push(slice_model),
+            Err(reason) => {
+                tracing::warn!("model {} not offered: {reason}", manifest.name);
+                refused.insert(manifest.name.clone(), reason);
+            }
         }
     }
-    segmenters
+    pairs.extend(slice_models);
+    (pairs, refused)
 }
 
 /// What GetServerInfo and ListModels tell of the models.
@@ -495,11 +575,13 @@ fn models_info(
         .iter()
         .enumerate()
         .map(|(index, model)| {
-            let segmenter = segmenters.iter().position(|s| s.unet == index);
+            let segmenter = segmenters.iter().position(|s| s.model() == index);
             let mut info = model_info(&model.manifest);
             info.execution_provider = proto::ExecutionProvider::from(provider).into();
             if let Some(s) = segmenter {
-                info.reads_errors_of = models[segmenters[s].vae].manifest.name.clone();
+                // Empty for a slice model: it reads no VAE.
+                info.reads_errors_of =
+                    segmenters[s].vae().map_or_else(String::new, |vae| models[vae].manifest.name.clone());
                 info.mask_threshold = model.manifest.mask_threshold.unwrap_or(crate::pipeline::DEFAULT_MASK_THRESHOLD);
                 info.is_default = default == Some(s);
             }

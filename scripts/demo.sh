@@ -3,7 +3,8 @@
 # small phantom dataset, check it, cut and cache vertebra crops, draw the cases, train and
 # evaluate the quick VAE, train the weak U-Net on its error maps from fracture boxes, export
 # both to a model repository; then start the inference server on the shipped default models
-# (models/), send it a phantom CT from the command-line client and write what comes back.
+# (models/), send it a phantom CT from the command-line client and write what comes back;
+# the same CT to the 2.5D pix2pix-LSTM, and again as a DICOM series, answered as a DICOM SEG.
 # Everything lands in runs/demo/ (a new run replaces the previous one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,6 +77,23 @@ rm -rf "$out/segment"
 # shellcheck disable=SC2086 # the boxes are separate arguments
 "$bin/fracmap" segment "$out/data/$ct" $boxes --out "$out/segment" --report --server "$server"
 ls -l "$out/segment" | sed 's/^/  /'
+
+step "p2p_lstm: the same CT answered by the shipped 2.5D pix2pix-LSTM (the server runs its slice sequences in 3D)"
+rm -rf "$out/segment_p2p"
+# shellcheck disable=SC2086
+"$bin/fracmap" segment "$out/data/$ct" $boxes --model p2p_lstm --out "$out/segment_p2p" --server "$server"
+
+step "dicom: the same CT as a DICOM series, sent file by file; the answer also comes back as a DICOM SEG and Parametric Map"
+rm -rf "$out/dicom"
+"$bin/fracmap" to-dicom "$out/data/$ct" --out "$out/dicom/series"
+# shellcheck disable=SC2086
+"$bin/fracmap" segment "$out/dicom/series" $boxes --out "$out/dicom/answer" --server "$server"
+.venv/bin/python - "$out/dicom/answer" <<'PY'
+import sys, pydicom
+seg = pydicom.dcmread(f"{sys.argv[1]}/fracture_seg.dcm")
+print(f"  pydicom reads the SEG: {seg.Modality}, {seg.NumberOfFrames} frames of {seg.Rows} x {seg.Columns}, "
+      f"segment '{seg.SegmentSequence[0].SegmentLabel}', {int(seg.pixel_array.sum())} voxels marked")
+PY
 echo "metrics (Prometheus, http://127.0.0.1:$metrics_port/metrics):"
 .venv/bin/python -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
   "http://127.0.0.1:$metrics_port/metrics" | grep -E '^fracmap_(requests_total|models_loaded)' | sed 's/^/  /'

@@ -5,6 +5,7 @@
 //! - [`segment`]: `fracmap segment`, the request and its answer; [`boxes`] parses the boxes
 //!   it takes, [`assembly`] puts the answer's volumes together, [`outputs`] writes them.
 //! - [`report`]: `fracmap report` and `segment --report`: a case's outputs as one HTML page.
+//! - [`to_dicom`]: `fracmap to-dicom`: a NIfTI CT as a DICOM series, to try DICOM input.
 
 mod assembly;
 mod boxes;
@@ -15,6 +16,7 @@ mod outputs;
 mod progress;
 mod report;
 mod segment;
+mod to_dicom;
 
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use tonic::{Code, Status};
 use crate::connection::{ConnectArgs, connect};
 use crate::report::ReportArgs;
 use crate::segment::SegmentArgs;
+use crate::to_dicom::ToDicomArgs;
 
 #[derive(Parser)]
 #[command(name = "fracmap", version, about = "Command-line client of fracmap-server (gRPC)")]
@@ -51,6 +54,9 @@ enum Command {
     /// Load-test the server (--server is the target): send one CT again and again, in a closed
     /// loop or at a fixed --rate; report throughput, latency percentiles and errors by status.
     Load(load::LoadArgs),
+    /// Write a NIfTI CT as a DICOM CT series (one file a slice, new UIDs, a made-up patient),
+    /// to try `segment` with DICOM input.
+    ToDicom(ToDicomArgs),
 }
 
 impl Command {
@@ -61,6 +67,7 @@ impl Command {
             Command::Segment(_) => "segment",
             Command::Report(_) => "report",
             Command::Load(_) => "load",
+            Command::ToDicom(_) => "to-dicom",
         }
     }
 }
@@ -76,9 +83,11 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // The report reads files only: no server to reach.
-    if let Command::Report(args) = &cli.command {
-        return report::report(args);
+    // These read and write files only: no server to reach.
+    match &cli.command {
+        Command::Report(args) => return report::report(args),
+        Command::ToDicom(args) => return to_dicom::to_dicom(args),
+        _ => {}
     }
     let connection = connect(&cli.connect).await?;
     let timeout = Duration::from_secs(cli.timeout);
@@ -87,7 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models => info::models(&connection, timeout).await,
         Command::Segment(args) => segment::segment(connection.fracmap(), args, timeout).await,
         Command::Load(args) => load::load(connection, &cli.connect, args, timeout).await,
-        Command::Report(_) => unreachable!("answered above without a connection"),
+        Command::Report(_) | Command::ToDicom(_) => unreachable!("answered above without a connection"),
     }
 }
 

@@ -397,8 +397,9 @@ fn compose(a: &Affine, b: &Affine) -> Affine {
     std::array::from_fn(|r| std::array::from_fn(|c| (0..4).map(|k| a[r][k] * b[k][c]).sum()))
 }
 
-/// Inverse of an affine with an invertible 3x3 part (every `Volume`'s is).
-fn invert(a: &Affine) -> Affine {
+/// Inverse of an affine with an invertible 3x3 part (every `Volume`'s is); shared with the
+/// DICOM tests, which map one reader's voxels onto another's.
+pub fn invert(a: &Affine) -> Affine {
     let m = |r: usize, c: usize| a[r][c];
     let cofactor = |r: usize, c: usize| {
         let (r1, r2) = ((r + 1) % 3, (r + 2) % 3);

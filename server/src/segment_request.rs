@@ -1,5 +1,6 @@
 //! A Segment request off the wire: the header checked, the chunks gathered within the
-//! server's [`Limits`], the bytes decoded into a CT volume, its vertebrae and fracture boxes.
+//! server's [`Limits`], the bytes decoded into a CT volume (raw voxels, a NIfTI file, or a
+//! DICOM series read by `fracmap_dicom`), its vertebrae and fracture boxes.
 //!
 //! Every refusal is a gRPC status whose message names the field: INVALID_ARGUMENT for what
 //! the client got wrong, RESOURCE_EXHAUSTED for what is over the server's limits.
@@ -11,6 +12,7 @@ use flate2::read::MultiGzDecoder;
 use fracmap_core::nifti_io::read_volume_bytes;
 use fracmap_core::volume::spacing_affine;
 use fracmap_core::{Affine, Box3, Volume};
+use fracmap_dicom::Source as DicomSource;
 use ndarray::Array3;
 use tonic::{Status, Streaming};
 
@@ -120,8 +122,13 @@ fn check_description(field: &str, volume: &VolumeDescription, limits: &Limits) -
             Ok(())
         }
         VolumeEncoding::Nifti => Ok(()),
+        // Its voxel count is checked from the files' headers, before any pixel is decoded.
+        VolumeEncoding::Dicom if field == "ct" => Ok(()),
+        VolumeEncoding::Dicom => Err(Status::invalid_argument(format!(
+            "{field}: VOLUME_ENCODING_DICOM is for the CT only; send the label map raw or as NIfTI"
+        ))),
         VolumeEncoding::Unspecified => Err(Status::invalid_argument(format!(
-            "{field}.encoding is unset: VOLUME_ENCODING_RAW or VOLUME_ENCODING_NIFTI"
+            "{field}.encoding is unset: VOLUME_ENCODING_RAW, VOLUME_ENCODING_NIFTI or VOLUME_ENCODING_DICOM"
         ))),
     }
 }
@@ -160,12 +167,13 @@ fn voxel_box(field: &str, voxel_box: Option<&VoxelBox>) -> Result<Box3, Status> 
     Box3::new(min, max).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
 }
 
-/// One volume of a request as it arrives: a NIfTI file's bytes, or raw voxels converted to
-/// f32 chunk by chunk, so that the conversion overlaps the upload and a 300 MB int16 CT is
-/// never held as bytes and as floats at once.
+/// One volume of a request as it arrives: a NIfTI file's bytes, DICOM files split at their
+/// length prefixes, or raw voxels converted to f32 chunk by chunk, so that the conversion
+/// overlaps the upload and a 300 MB int16 CT is never held as bytes and as floats at once.
 #[derive(Debug)]
 pub enum Payload {
     Nifti(Vec<u8>),
+    Dicom(DicomFiles),
     Voxels {
         voxel_type: VoxelType,
         values: Vec<f32>,
@@ -185,6 +193,7 @@ impl Payload {
                 let size = voxel_size_of(voxel_type);
                 Payload::Voxels { voxel_type, values: Vec::with_capacity(total / size), carry: Vec::new() }
             }
+            VolumeEncoding::Dicom => Payload::Dicom(DicomFiles::default()),
             _ => Payload::Nifti(Vec::with_capacity(total)),
         }
     }
@@ -199,6 +208,7 @@ impl Payload {
     fn push(&mut self, chunk: &[u8]) {
         match self {
             Payload::Nifti(bytes) => bytes.extend_from_slice(chunk),
+            Payload::Dicom(files) => files.push(chunk),
             Payload::Voxels { voxel_type, values, carry } => {
                 let size = voxel_size_of(*voxel_type);
                 let mut chunk = chunk;
@@ -216,6 +226,60 @@ impl Payload {
                 carry.extend_from_slice(&chunk[whole..]);
             }
         }
+    }
+}
+
+/// DICOM files as they arrive: each preceded by its length (u64, little-endian), split
+/// wherever the chunks end. Lengths are not trusted for allocation: a file grows as its
+/// bytes come, and a stream that ends short of a length is refused by [`DicomFiles::finish`].
+#[derive(Debug, Default)]
+pub struct DicomFiles {
+    files: Vec<Vec<u8>>,
+    /// The bytes of a length prefix read so far.
+    prefix: Vec<u8>,
+    /// Bytes of the last file still to come.
+    remaining: u64,
+}
+
+const DICOM_LENGTH_BYTES: usize = 8;
+
+impl DicomFiles {
+    fn push(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            if self.remaining == 0 {
+                let take = (DICOM_LENGTH_BYTES - self.prefix.len()).min(chunk.len());
+                self.prefix.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if self.prefix.len() == DICOM_LENGTH_BYTES {
+                    self.remaining = u64::from_le_bytes(self.prefix[..].try_into().expect("8 bytes"));
+                    self.prefix.clear();
+                    self.files.push(Vec::new());
+                }
+            } else {
+                let take = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(chunk.len());
+                self.files.last_mut().expect("a length opened a file").extend_from_slice(&chunk[..take]);
+                self.remaining -= take as u64;
+                chunk = &chunk[take..];
+            }
+        }
+    }
+
+    /// The files, once the stream has ended exactly after the last one.
+    fn finish(self) -> Result<Vec<Vec<u8>>, String> {
+        if !self.prefix.is_empty() {
+            return Err(format!("the bytes end inside the length of DICOM file {}", self.files.len() + 1));
+        }
+        if self.remaining > 0 {
+            return Err(format!(
+                "DICOM file {} ends {} bytes short of the length sent before it",
+                self.files.len(),
+                self.remaining
+            ));
+        }
+        if self.files.is_empty() {
+            return Err("no DICOM file".to_string());
+        }
+        Ok(self.files)
     }
 }
 
@@ -363,6 +427,7 @@ fn decode_volume(
             }
             read_volume_bytes(&bytes).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
         }
+        Payload::Dicom(files) => decode_dicom(field, files, limits),
         Payload::Voxels { values, .. } => {
             let grid = description
                 .grid
@@ -390,6 +455,32 @@ fn decode_volume(
                 .map_err(|error| Status::invalid_argument(format!("{field}.grid: {error}")))
         }
     }
+}
+
+/// A DICOM series from the files received, as `fracmap segment` reads it (files named by
+/// their place in the stream); its size checked against the limits before pixels are decoded.
+fn decode_dicom(field: &str, files: DicomFiles, limits: &Limits) -> Result<Volume, Status> {
+    let invalid = |problem: String| Status::invalid_argument(format!("{field}: {problem}"));
+    let files = files.finish().map_err(invalid)?;
+    let count = files.len();
+    let sources = files
+        .into_iter()
+        .enumerate()
+        .map(|(index, bytes)| DicomSource::Memory { name: format!("DICOM file {} of {count}", index + 1), bytes })
+        .collect();
+    let plan = fracmap_dicom::scan(sources, None).map_err(|error| invalid(error.to_string()))?;
+    let voxels = plan.shape().iter().map(|&n| n as u64).product::<u64>();
+    if voxels > limits.max_voxels {
+        return Err(Status::resource_exhausted(format!(
+            "{field}: the DICOM series has {voxels} voxels; this server takes at most {} (limits.max_voxels)",
+            limits.max_voxels
+        )));
+    }
+    for note in plan.notes() {
+        tracing::info!("{field}: {note}");
+    }
+    let series = plan.read().map_err(|error| invalid(error.to_string()))?;
+    Ok(series.volume)
 }
 
 /// Appends the little-endian voxels of `voxel_type` in `bytes` (whole voxels) as f32.
@@ -666,5 +757,45 @@ mod tests {
         assert_eq!(verse_level_name(25).as_deref(), Some("L6"));
         assert_eq!(verse_level_name(28).as_deref(), Some("T13"));
         assert_eq!(verse_level_name(26), None);
+    }
+
+    #[test]
+    fn dicom_files_are_split_at_their_lengths_wherever_chunks_end() {
+        let files: [&[u8]; 3] = [b"first file", b"", b"third"];
+        let stream: Vec<u8> =
+            files.iter().flat_map(|f| (f.len() as u64).to_le_bytes().into_iter().chain(f.iter().copied())).collect();
+        for chunk_size in [1, 3, 8, 13, stream.len()] {
+            let mut received = DicomFiles::default();
+            stream.chunks(chunk_size).for_each(|chunk| received.push(chunk));
+            assert_eq!(received.finish().unwrap(), files.map(<[u8]>::to_vec), "chunks of {chunk_size}");
+        }
+        let mut short = DicomFiles::default();
+        short.push(&stream[..stream.len() - 2]);
+        assert_eq!(short.finish().unwrap_err(), "DICOM file 3 ends 2 bytes short of the length sent before it");
+        let mut cut = DicomFiles::default();
+        cut.push(&stream[..3]);
+        assert_eq!(cut.finish().unwrap_err(), "the bytes end inside the length of DICOM file 1");
+    }
+
+    #[test]
+    fn dicom_is_for_the_ct_only() {
+        let dicom =
+            VolumeDescription { encoding: VolumeEncoding::Dicom.into(), total_bytes: 1000, ..Default::default() };
+        let mut h = header(dicom.clone());
+        check_header(&h, &Limits::default()).unwrap();
+        h.vertebrae.clear();
+        h.vertebra_labels = Some(dicom);
+        let refused = message(check_header(&h, &Limits::default()).unwrap_err());
+        assert!(refused.contains("vertebra_labels: VOLUME_ENCODING_DICOM is for the CT only"), "{refused}");
+    }
+
+    #[test]
+    fn a_dicom_payload_that_is_not_dicom_is_refused_by_file() {
+        let dicom = VolumeDescription { encoding: VolumeEncoding::Dicom.into(), total_bytes: 20, ..Default::default() };
+        let mut bytes = 12u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"not a DICOM!");
+        let received = Received { ct: Payload::of_bytes(&dicom, &bytes), vertebra_labels: None };
+        let refused = message(decode(&header(dicom), received, &Limits::default()).unwrap_err());
+        assert!(refused.starts_with("ct: DICOM file 1 of 1: not a readable DICOM file"), "{refused}");
     }
 }

@@ -1,10 +1,9 @@
 //! fracmap-server: fracmap's ONNX models served over gRPC (tonic) with ONNX Runtime (ort),
 //! on CPU or, with the `cuda` feature, on an NVIDIA GPU.
 //!
-//! - [`runtime`]: loading ONNX Runtime, choosing the execution provider, creating sessions.
-//! - [`repository`]: the model repository, `models/<name>/<version>/`, checked against its manifests.
-//! - [`models`]: the repository's models loaded into sessions and checked against their manifests.
-//! - [`pipeline`]: a CT and its vertebrae to a fracture probability map, draft mask and figures.
+//! - [`runtime`], [`repository`], [`models`], [`pipeline`]: `fracmap_inference`'s, re-exported
+//!   (ONNX Runtime, the model repository, loaded models, a CT to a probability map and draft
+//!   mask); the trainer's `pseudo-label` runs the same pipeline.
 //! - [`service`]: the `fracmap.v1.Fracmap` gRPC service.
 //! - [`server`]: configuration and [`server::serve`], which runs the service beside the
 //!   standard health and reflection services until told to stop.
@@ -13,14 +12,12 @@
 pub mod admission;
 pub mod config_file;
 pub mod metrics;
-pub mod models;
-pub mod pipeline;
-pub mod repository;
-pub mod runtime;
 pub mod security;
 pub mod segment_request;
 pub mod server;
 pub mod service;
+
+pub use fracmap_inference::{models, pipeline, repository, runtime};
 
 /// Messages, client and server generated from package `fracmap.v1`.
 pub use fracmap_proto as proto;

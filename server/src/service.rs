@@ -171,7 +171,7 @@ impl FracmapService {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             onnx_runtime_version: runtime.version().to_string(),
             onnx_runtime_library: runtime.library().display().to_string(),
-            execution_provider: proto::ExecutionProvider::from(provider).into(),
+            execution_provider: provider_message(provider).into(),
             intra_op_threads: u32::try_from(intra_threads.get()).unwrap_or(u32::MAX),
             models: infos,
         };
@@ -335,7 +335,7 @@ impl FracmapService {
             request_id: request_id.clone(),
             model: Some(model_ref(model)),
             vae: vae.map(model_ref),
-            execution_provider: proto::ExecutionProvider::from(model.provider).into(),
+            execution_provider: provider_message(model.provider).into(),
             threshold: outputs.segmentation.threshold,
             mask_voxels: outputs.segmentation.mask_voxels as u64,
             mask_volume_mm3: outputs.segmentation.mask_volume_mm3,
@@ -577,7 +577,7 @@ fn models_info(
         .map(|(index, model)| {
             let segmenter = segmenters.iter().position(|s| s.model() == index);
             let mut info = model_info(&model.manifest);
-            info.execution_provider = proto::ExecutionProvider::from(provider).into();
+            info.execution_provider = provider_message(provider).into();
             if let Some(s) = segmenter {
                 // Empty for a slice model: it reads no VAE.
                 info.reads_errors_of =
@@ -627,12 +627,11 @@ fn tensor_info(spec: &TensorSpec) -> proto::TensorInfo {
     proto::TensorInfo { name: spec.name.clone(), shape: spec.shape.iter().map(length).collect() }
 }
 
-impl From<ExecutionProvider> for proto::ExecutionProvider {
-    fn from(provider: ExecutionProvider) -> Self {
-        match provider {
-            ExecutionProvider::Cpu => proto::ExecutionProvider::Cpu,
-            ExecutionProvider::Cuda => proto::ExecutionProvider::Cuda,
-        }
+/// The execution provider as the API names it.
+pub fn provider_message(provider: ExecutionProvider) -> proto::ExecutionProvider {
+    match provider {
+        ExecutionProvider::Cpu => proto::ExecutionProvider::Cpu,
+        ExecutionProvider::Cuda => proto::ExecutionProvider::Cuda,
     }
 }
 

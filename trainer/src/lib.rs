@@ -12,6 +12,7 @@ pub mod p2p;
 pub mod parallel;
 pub mod phantom_set;
 pub mod progress;
+pub mod pseudo_labels;
 pub mod run_record;
 pub mod show;
 pub mod synth;

@@ -280,6 +280,44 @@ enum Command {
         #[arg(long)]
         last: bool,
     },
+    /// Draft fracture masks for a dataset's cases with exported models (a VAE and the weak
+    /// U-Net that reads its error maps) through ONNX Runtime, as the server runs them: per case
+    /// a draft mask NIfTI on the CT's grid, an overlay and result.json; results.csv, failed.csv
+    /// and review.md (least confident first). Resumable: a rerun skips drafted cases and tries
+    /// failed ones again.
+    PseudoLabel {
+        /// The model repository (models/<name>/<version>/), e.g. models/.
+        #[arg(long)]
+        models: PathBuf,
+        /// The manifest (JSON); its body boxes are the vertebrae, its fracture boxes (where it
+        /// has them) keep the drafts inside them.
+        #[arg(long)]
+        data: PathBuf,
+        /// The output folder (created; a folder of an earlier run resumes it).
+        #[arg(long)]
+        out: PathBuf,
+        /// The U-Net to run (its VAE comes with it) [default: the first U-Net by name].
+        #[arg(long)]
+        model: Option<String>,
+        /// Which cases: those with labeled = false, or all.
+        #[arg(long, value_enum, default_value = "unlabeled")]
+        cases: fracmap_trainer::pseudo_labels::CaseSelection,
+        /// Also write each case's probability map (float32 NIfTI).
+        #[arg(long)]
+        probability: bool,
+        /// Draft-mask threshold in (0, 1] [default: the U-Net manifest's].
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Cases drafted at once, each with its own ONNX Runtime sessions.
+        #[arg(long, default_value = "1")]
+        jobs: std::num::NonZeroUsize,
+        /// ONNX Runtime threads per job [default: the cores shared among the jobs].
+        #[arg(long)]
+        threads: Option<std::num::NonZeroUsize>,
+        /// auto (CUDA when this build and ONNX Runtime have it, else CPU) | cpu | cuda.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: fracmap_inference::runtime::Device,
+    },
     /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
     ImportVerse {
         /// The VerSe root folder.
@@ -501,6 +539,26 @@ fn run(cli: Cli) -> Result<()> {
                 m.onnx.bytes,
                 m.onnx.sha256
             );
+        }
+        Command::PseudoLabel { models, data, out, model, cases, probability, threshold, jobs, threads, device } => {
+            use fracmap_trainer::pseudo_labels::{BatchSettings, run_batch};
+            let settings =
+                BatchSettings { models, model, data, out, cases, probability, threshold, jobs, threads, device };
+            let summary = run_batch(&settings)?;
+            println!(
+                "{} cases: {} drafted now, {} done before, {} failed; review list {}",
+                summary.selected,
+                summary.drafted,
+                summary.skipped,
+                summary.failed.len(),
+                settings.out.join(fracmap_trainer::pseudo_labels::REVIEW_FILE).display()
+            );
+            if !summary.failed.is_empty() {
+                bail!(
+                    "{} cases failed (see failed.csv); rerun the same command to try them again",
+                    summary.failed.len()
+                );
+            }
         }
         Command::Folds { data, folds: k, seed } => {
             let mut m = Manifest::load(&data, false)?;

@@ -597,6 +597,7 @@ mod tests {
                     shape: SOURCE_SHAPE,
                     vertebra_labels: None,
                     fracture_mask: first.then(|| format!("{id}/fracture.nii").into()),
+                    mask_source: None,
                     labeled: true,
                     fold: Some(i),
                     vertebrae: if first { vec![t12(), l1()] } else { vec![l1()] },

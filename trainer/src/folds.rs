@@ -53,6 +53,7 @@ mod tests {
             shape: [8, 8, 8],
             vertebra_labels: None,
             fracture_mask: None,
+            mask_source: None,
             labeled: true,
             fold: None,
             vertebrae: vec![Vertebra {

@@ -5,6 +5,7 @@ pub mod crops;
 pub mod device;
 pub mod export;
 pub mod folds;
+pub mod import_labels;
 pub mod levels;
 pub mod manifest;
 pub mod onnx;

@@ -318,6 +318,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: fracmap_inference::runtime::Device,
     },
+    /// Bring fracture masks back into the dataset (corrected drafts, masks drawn by hand):
+    /// <labels>/<case id>.nii.gz on that case's CT grid, copied to labels/ beside the manifest,
+    /// with their source and time recorded in it; with --drafts, the voxels each correction
+    /// added and removed and the Dice of draft vs corrected (labels/effort.csv).
+    ImportLabels {
+        /// The manifest (JSON), rewritten in place.
+        #[arg(long)]
+        data: PathBuf,
+        /// The folder of masks, one per case: <case id>.nii.gz or .nii.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Who made them: draft (the model's, as it is), corrected, manual.
+        #[arg(long, value_enum, default_value = "corrected")]
+        source: fracmap_trainer::manifest::LabelKind,
+        /// The `pseudo-label` output the corrections started from (for the effort figures).
+        #[arg(long)]
+        drafts: Option<PathBuf>,
+    },
     /// Import a VerSe tree (rawdata/, derivatives/) into a manifest, with fracture status from a CSV.
     ImportVerse {
         /// The VerSe root folder.
@@ -559,6 +577,16 @@ fn run(cli: Cli) -> Result<()> {
                     summary.failed.len()
                 );
             }
+        }
+        Command::ImportLabels { data, labels, source, drafts } => {
+            let imported = fracmap_trainer::import_labels::import_labels(&data, &labels, source, drafts.as_deref())?;
+            for case in &imported {
+                let effort = case.effort.map_or(String::new(), |e| {
+                    format!(": {} voxels added, {} removed, Dice draft vs corrected {:.3}", e.added, e.removed, e.dice)
+                });
+                println!("{}: {} mask voxels{effort}", case.case, case.voxels);
+            }
+            println!("{} masks imported into {} ({source:?})", imported.len(), data.display());
         }
         Command::Folds { data, folds: k, seed } => {
             let mut m = Manifest::load(&data, false)?;

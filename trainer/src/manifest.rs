@@ -45,12 +45,39 @@ pub struct Case {
     /// True fracture mask on the CT grid (evaluation, strong supervision), relative path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fracture_mask: Option<PathBuf>,
+    /// Where `fracture_mask` came from when `fracmap-train import-labels` put it there; `None`:
+    /// the dataset's own (a phantom's truth, an import's annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_source: Option<MaskSource>,
     /// False for cases whose weak labels are not to be trained on (pseudo-label input).
     pub labeled: bool,
     /// Cross-validation fold, `0..folds`; `None` until folds are assigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<usize>,
     pub vertebrae: Vec<Vertebra>,
+}
+
+/// The provenance of an imported fracture mask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSource {
+    pub kind: LabelKind,
+    /// When it was imported, seconds since the Unix epoch.
+    pub imported_at: u64,
+    /// The file it was imported from, as given.
+    pub file: PathBuf,
+}
+
+/// Who drew an imported mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelKind {
+    /// The weak model's draft, taken as it is.
+    Draft,
+    /// A draft a clinician corrected.
+    Corrected,
+    /// Drawn by hand from nothing.
+    Manual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +279,7 @@ mod tests {
             shape: [16, 24, 24],
             vertebra_labels: Some(format!("{id}/vertebrae.nii.gz").into()),
             fracture_mask: None,
+            mask_source: None,
             labeled: true,
             fold: Some(0),
             vertebrae: vec![vertebra("T12", Status::Normal), vertebra("L1", Status::Fractured)],

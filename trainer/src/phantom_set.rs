@@ -76,6 +76,7 @@ fn write_case(out: &Path, spec: &PhantomSetSpec, i: usize) -> Result<Case> {
         shape: grid.shape,
         vertebra_labels: Some(rel("vertebrae.nii.gz")),
         fracture_mask: Some(rel("fracture_mask.nii.gz")),
+        mask_source: None,
         labeled: i < spec.cases - spec.unlabeled,
         fold: None,
         vertebrae: vertebrae_of(&phantom),

@@ -387,7 +387,9 @@ pub fn review(drafts: &[CaseDraft], failures: &[CaseFailure]) -> String {
     let mut text = String::from(
         "# Draft masks to review, least confident first\n\nConfidence: the mean fracture probability \
          over the case's draft mask (0: the draft is empty). Correct the drafts in any viewer \
-         (`cases/<case>/draft_mask.nii.gz` lies on the CT's grid).\n\n| # | case | confidence | draft mm³ | top vertebra | score | overlay |\n\
+         (`cases/<case>/draft_mask.nii.gz` lies on the CT's grid), save them as `<case>.nii.gz` \
+         in one folder and bring them back with `fracmap-train import-labels --labels DIR --drafts \
+         <this folder>`.\n\n| # | case | confidence | draft mm³ | top vertebra | score | overlay |\n\
          |---|---|---|---|---|---|---|\n",
     );
     for (rank, draft) in order.iter().enumerate() {

@@ -137,6 +137,7 @@ pub fn import(root: &Path, status_csv: &Path, unlisted_are_normal: bool) -> Resu
             shape: ct_header.shape(),
             vertebra_labels: Some(scan.vertebra_mask.clone()),
             fracture_mask: None,
+            mask_source: None,
             labeled: listed,
             fold: None,
             vertebrae,

@@ -146,3 +146,91 @@ fn a_unet_that_is_not_there_is_named_with_the_ones_that_are() {
     assert!(!output.status.success());
     assert!(stderr.contains("--model unet_slice: no U-Net of that name in the repository (U-Nets: unet)"), "{stderr}");
 }
+
+/// Writes `mask` as uint8 on `like`'s grid.
+fn write_mask_like(path: &Path, mask: &ndarray::Array3<bool>, like: &fracmap_core::Volume) {
+    fracmap_core::nifti_io::write_mask(path, mask, &like.grid()).unwrap();
+}
+
+#[test]
+fn corrected_drafts_come_back_with_their_source_and_the_effort_of_each_correction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, models) = setup(dir.path());
+    let drafts = dir.path().join("drafts");
+    ok(batch(&manifest, &models, &drafts, &[]));
+    let labels = dir.path().join("corrected");
+    std::fs::create_dir(&labels).unwrap();
+
+    // The clinician's corrections: case002 gains a 3x4x5 block and loses its draft's first
+    // voxels in C order (up to 7); case003 is the draft as it was.
+    let mut expected = Vec::new();
+    for case in UNLABELED {
+        let draft = read_volume(&drafts.join("cases").join(case).join("draft_mask.nii.gz")).unwrap();
+        let drafted = draft.data().mapv(|v| v != 0.0);
+        let mut corrected = drafted.clone();
+        if case == "case002" {
+            corrected.slice_mut(ndarray::s![10..13, 40..44, 50..55]).fill(true);
+            let mut removed = 0;
+            for (index, voxel) in drafted.indexed_iter() {
+                let outside_block =
+                    !(10..13).contains(&index.0) || !(40..44).contains(&index.1) || !(50..55).contains(&index.2);
+                if *voxel && outside_block && removed < 7 {
+                    corrected[index] = false;
+                    removed += 1;
+                }
+            }
+        }
+        let count = |m: &ndarray::Array3<bool>| m.iter().filter(|&&v| v).count() as f64;
+        let both = ndarray::Zip::from(&drafted).and(&corrected).fold(0.0, |n, &d, &c| n + f64::from(u8::from(d && c)));
+        let added = ndarray::Zip::from(&drafted).and(&corrected).fold(0, |n, &d, &c| n + usize::from(c && !d));
+        let removed = ndarray::Zip::from(&drafted).and(&corrected).fold(0, |n, &d, &c| n + usize::from(d && !c));
+        let dice = if count(&drafted) + count(&corrected) == 0.0 {
+            1.0
+        } else {
+            2.0 * both / (count(&drafted) + count(&corrected))
+        };
+        expected.push(format!("{case},{},{added},{removed},{dice:.4}", count(&corrected)));
+        write_mask_like(&labels.join(format!("{case}.nii.gz")), &corrected, &draft);
+    }
+    assert!(!expected[0].ends_with(",0,0,1.0000"), "case002 was changed: {expected:?}");
+
+    // A mask on another grid is refused, naming the case, and nothing is written.
+    let before = read(&manifest);
+    let ct = read_volume(&manifest.parent().unwrap().join("case003").join("ct.nii.gz")).unwrap();
+    let wrong = fracmap_core::Volume::new(ndarray::Array3::zeros([4, 4, 4]), ct.spacing(), *ct.affine()).unwrap();
+    let wrong_dir = dir.path().join("wrong");
+    std::fs::create_dir(&wrong_dir).unwrap();
+    std::fs::copy(labels.join("case002.nii.gz"), wrong_dir.join("case002.nii.gz")).unwrap();
+    write_mask_like(&wrong_dir.join("case003.nii.gz"), &ndarray::Array3::from_elem([4, 4, 4], false), &wrong);
+    let refused =
+        train_cli(&["import-labels", "--data", manifest.to_str().unwrap(), "--labels", wrong_dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("case case003:") && stderr.contains("has shape [z, y, x] = [4, 4, 4]"), "{stderr}");
+    assert_eq!(read(&manifest), before, "the manifest is untouched");
+    assert!(!manifest.parent().unwrap().join("labels").exists(), "no mask copied");
+
+    let drafts_arg = drafts.to_str().unwrap();
+    #[rustfmt::skip]
+    let (stdout, _) = ok(train_cli(&["import-labels", "--data", manifest.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--drafts", drafts_arg]));
+    assert!(stdout.contains("2 masks imported"), "{stdout}");
+    let effort = read(&manifest.parent().unwrap().join("labels").join("effort.csv"));
+    let rows: Vec<&str> = effort.lines().collect();
+    assert_eq!(rows[1..3], [expected[0].as_str(), expected[1].as_str()], "{effort}");
+    assert!(rows[2].ends_with(",0,0,1.0000"), "an unchanged draft costs nothing: {}", rows[2]);
+
+    let data: serde_json::Value = serde_json::from_str(&read(&manifest)).unwrap();
+    for case in data["cases"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        if UNLABELED.contains(&id) {
+            assert_eq!(case["fracture_mask"], format!("labels/{id}.nii.gz"));
+            assert_eq!(case["mask_source"]["kind"], "corrected");
+            assert!(case["mask_source"]["imported_at"].as_u64().unwrap() > 1_700_000_000);
+            let copied = read_volume(&manifest.parent().unwrap().join("labels").join(format!("{id}.nii.gz"))).unwrap();
+            let given = read_volume(&labels.join(format!("{id}.nii.gz"))).unwrap();
+            assert!(copied.data() == given.data() && copied.affine() == given.affine(), "{id}");
+        } else {
+            assert!(case.get("mask_source").is_none(), "{id} untouched");
+        }
+    }
+}

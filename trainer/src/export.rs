@@ -700,7 +700,7 @@ mod tests {
         record.model = "gan".to_string();
         record.save(&run, &std::fs::read_to_string(run.join(CONFIG_FILE)).unwrap()).unwrap();
         let err = export_run(&request(&run, &dir.path().join("models"))).unwrap_err();
-        assert!(err.to_string().contains("a gan run; only vae and unet runs"), "{err}");
+        assert!(err.to_string().contains("a gan run; only vae, unet and p2p_lstm runs can be exported"), "{err}");
     }
 
     /// `csv` as a run's `metrics.csv`, read back.

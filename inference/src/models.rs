@@ -1,6 +1,6 @@
-//! The models a server runs: every version its [`ModelRepository`] picked, loaded into an
-//! ONNX Runtime session and checked against its manifest (the graph's input and output
-//! names), once, at start-up.
+//! The models a server (or a batch) runs: every version its [`ModelRepository`] picked,
+//! loaded into ONNX Runtime sessions and checked against its manifest (the graph's input and
+//! output names), once, at start-up.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -23,6 +23,13 @@ pub struct LoadedModel {
     pub manifest: ModelManifest,
     pub sessions: SessionPool,
     pub provider: ExecutionProvider,
+}
+
+impl LoadedModel {
+    /// "name version N", how messages name a model.
+    pub fn id(&self) -> String {
+        format!("{} version {}", self.manifest.name, self.manifest.version)
+    }
 }
 
 /// Sessions of one model, each behind a mutex: ort's `Session::run` takes `&mut self` (some

@@ -259,7 +259,7 @@ impl<'a> ModelPair<'a> {
     ///
     /// [`ModelManifest::takes_errors_from`]: fracmap_core::model_manifest::ModelManifest::takes_errors_from
     pub fn new(vae: &'a LoadedModel, unet: &'a LoadedModel) -> Result<Self, PipelineError> {
-        let mismatch = |problem: String| PipelineError::ModelPair { vae: model_id(vae), unet: model_id(unet), problem };
+        let mismatch = |problem: String| PipelineError::ModelPair { vae: vae.id(), unet: unet.id(), problem };
         let (vm, um) = (&vae.manifest, &unet.manifest);
         let error_input = um
             .error_input
@@ -354,7 +354,7 @@ impl<'a> SliceModel<'a> {
     /// input `[batch, context, y, x]` (`context` fixed and odd; `y, x` the patch's) and one
     /// output `[batch, 1, y, x]`.
     pub fn new(model: &'a LoadedModel) -> Result<Self, PipelineError> {
-        let refuse = |problem: String| PipelineError::SliceModel { model: model_id(model), problem };
+        let refuse = |problem: String| PipelineError::SliceModel { model: model.id(), problem };
         let manifest = &model.manifest;
         if manifest.architecture != SLICE_ARCHITECTURE {
             return Err(refuse(format!("its manifest's architecture is {:?}", manifest.architecture)));
@@ -528,7 +528,7 @@ impl CropModels<'_> {
     fn check_error_map(&self) -> Result<(), PipelineError> {
         match self {
             CropModels::Pair(_) => Ok(()),
-            CropModels::Slices(slices) => Err(PipelineError::NoErrorMap { model: model_id(slices.model) }),
+            CropModels::Slices(slices) => Err(PipelineError::NoErrorMap { model: slices.model.id() }),
         }
     }
 }
@@ -562,11 +562,6 @@ fn check_signature(
         }
     }
     Ok(())
-}
-
-/// "name version N", how errors name a model.
-fn model_id(model: &LoadedModel) -> String {
-    format!("{} version {}", model.manifest.name, model.manifest.version)
 }
 
 /// Runs `model` on `channels` (each a list of `[z, y, x]` crops of one shape, all lists as
@@ -607,9 +602,8 @@ fn run<D: Dimension + 'static>(
     output: &str,
     batch: ArrayView<'_, f32, D>,
 ) -> Result<Array<f32, D>, PipelineError> {
-    let failed = |source| PipelineError::Run { model: model_id(model), source };
-    let bad_output =
-        |problem: String| PipelineError::Output { model: model_id(model), output: output.to_string(), problem };
+    let failed = |source| PipelineError::Run { model: model.id(), source };
+    let bad_output = |problem: String| PipelineError::Output { model: model.id(), output: output.to_string(), problem };
     let mut expected = batch.raw_dim();
     expected[1] = 1;
     let tensor = TensorRef::from_array_view(batch).map_err(failed)?;

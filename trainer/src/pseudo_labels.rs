@@ -94,7 +94,7 @@ pub struct VertebraDraft {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseDraft {
     pub case: String,
-    /// `<name> v<version>` of the U-Net and of its VAE.
+    /// `<name> version <version>` of the U-Net and of its VAE.
     pub model: String,
     pub vae: String,
     pub threshold: f32,
@@ -150,8 +150,8 @@ pub fn run_batch(settings: &BatchSettings) -> Result<BatchSummary> {
     eprintln!(
         "pseudo-label: {} cases with {} and {} ({} jobs, {})",
         todo.len(),
-        model_id(pair.unet),
-        model_id(pair.vae),
+        pair.unet.id(),
+        pair.vae.id(),
         settings.jobs,
         pair.unet.provider
     );
@@ -243,12 +243,8 @@ fn find_pair<'a>(models: &'a [LoadedModel], name: Option<&str>) -> Result<Pair<'
     let vae = models
         .iter()
         .find(|vae| unet.manifest.takes_errors_from(&vae.manifest))
-        .with_context(|| format!("{}: the VAE whose error maps it reads is not in the repository", model_id(unet)))?;
+        .with_context(|| format!("{}: the VAE whose error maps it reads is not in the repository", unet.id()))?;
     Ok(Pair { unet, vae })
-}
-
-fn model_id(model: &LoadedModel) -> String {
-    format!("{} v{}", model.manifest.name, model.manifest.version)
 }
 
 /// Drafts one case into its folder, `result.json` last.
@@ -288,8 +284,8 @@ fn draft_case(
     write_overlay(&dir.join(OVERLAY_FILE), case, &ct, &segmentation)?;
     let result = CaseDraft {
         case: case.id.clone(),
-        model: model_id(pair.unet),
-        vae: model_id(pair.vae),
+        model: pair.unet.id(),
+        vae: pair.vae.id(),
         threshold: segmentation.threshold,
         fracture_boxes: fracture_boxes.len(),
         mask_voxels: segmentation.mask_voxels,
@@ -436,8 +432,8 @@ mod tests {
     fn draft(case: &str, confidence: f64, mask_voxels: usize) -> CaseDraft {
         CaseDraft {
             case: case.into(),
-            model: "unet_box v1".into(),
-            vae: "vae v1".into(),
+            model: "unet_box version 1".into(),
+            vae: "vae version 1".into(),
             threshold: 0.5,
             fracture_boxes: 0,
             mask_voxels,

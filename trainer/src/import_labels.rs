@@ -66,7 +66,6 @@ pub fn import_labels(
     let mut manifest = Manifest::load(manifest_path, false)?;
     let files = label_files(labels)?;
     ensure!(!files.is_empty(), "--labels {}: no <case id>.nii.gz or .nii file in it", labels.display());
-    let root = manifest_path.parent().unwrap_or(Path::new(".")).to_path_buf();
 
     // Check everything first: nothing is written unless every file fits its case.
     let mut masks = Vec::with_capacity(files.len());
@@ -78,7 +77,8 @@ pub fn import_labels(
                 manifest_path.display()
             )
         })?;
-        let ct = read_volume(&root.join(&case.ct)).with_context(|| format!("case {case_id}: its CT"))?;
+        let ct = read_volume(&Manifest::resolve(manifest_path, &case.ct))
+            .with_context(|| format!("case {case_id}: its CT"))?;
         let label = read_volume(file)?;
         check_grid(case_id, file, &label, &ct)?;
         let mask = to_mask(case_id, file, &label)?;
@@ -95,12 +95,12 @@ pub fn import_labels(
     }
 
     let imported_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    std::fs::create_dir_all(root.join(LABELS_DIR))
-        .with_context(|| format!("{}: cannot create", root.join(LABELS_DIR).display()))?;
+    let labels_dir = Manifest::resolve(manifest_path, Path::new(LABELS_DIR));
+    std::fs::create_dir_all(&labels_dir).with_context(|| format!("{}: cannot create", labels_dir.display()))?;
     let mut imported = Vec::with_capacity(masks.len());
     for (case_id, file, mask, grid, effort) in masks {
         let relative = PathBuf::from(LABELS_DIR).join(format!("{case_id}.nii.gz"));
-        write_mask(&root.join(&relative), &mask, &grid)?;
+        write_mask(&Manifest::resolve(manifest_path, &relative), &mask, &grid)?;
         let case = manifest.cases.iter_mut().find(|c| c.id == case_id).expect("checked above");
         case.fracture_mask = Some(relative);
         case.mask_source = Some(MaskSource { kind, imported_at, file });
@@ -108,7 +108,7 @@ pub fn import_labels(
     }
     manifest.save(manifest_path)?;
     if drafts.is_some() {
-        let path = root.join(LABELS_DIR).join(EFFORT_FILE);
+        let path = labels_dir.join(EFFORT_FILE);
         write_atomic(&path, effort_table(&imported).as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }

@@ -20,7 +20,6 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -36,6 +35,7 @@ use fracmap_inference::runtime::{Device, OnnxRuntime, SessionSettings, default_l
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Case, Manifest};
+use crate::parallel::map_indexed;
 use crate::progress::ProgressLine;
 
 pub const CASES_DIR: &str = "cases";
@@ -145,6 +145,15 @@ pub fn run_batch(settings: &BatchSettings) -> Result<BatchSummary> {
         eprintln!("pseudo-label: {skipped} of {} cases already drafted (skipped)", selected.len());
     }
 
+    // Nothing left to draft (a finished batch rerun): no models to load, the tables only.
+    let failed = if todo.is_empty() { Vec::new() } else { draft_all(settings, &todo)? };
+    write_tables(settings, &selected)?;
+    Ok(BatchSummary { selected: selected.len(), skipped, drafted: todo.len() - failed.len(), failed })
+}
+
+/// Drafts `todo` on `settings.jobs` workers; returns the cases that failed, each recorded in
+/// its folder (a failure never stops the batch).
+fn draft_all(settings: &BatchSettings, todo: &[&Case]) -> Result<Vec<CaseFailure>> {
     let models = load(settings)?;
     let pair = find_pair(&models, settings.model.as_deref())?;
     eprintln!(
@@ -159,43 +168,23 @@ pub fn run_batch(settings: &BatchSettings) -> Result<BatchSummary> {
 
     let progress = ProgressLine::default();
     let started = Instant::now();
-    let (next, done) = (Mutex::new(0usize), Mutex::new(0usize));
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..settings.jobs.get().min(todo.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let index = {
-                        let mut next = next.lock().expect("no panic holds it");
-                        let index = *next;
-                        *next += 1;
-                        index
-                    };
-                    let Some(case) = todo.get(index) else { break };
-                    if let Err(error) = draft_case(settings, &manifest_dir(settings), case, &model_pair, &pair) {
-                        let failure = CaseFailure { case: case.id.clone(), error: format!("{error:#}") };
-                        record_failure(settings, case, &failure);
-                        failures.lock().expect("no panic holds it").push(failure);
-                    }
-                    let finished = {
-                        let mut done = done.lock().expect("no panic holds it");
-                        *done += 1;
-                        *done
-                    };
-                    progress.update("pseudo-label", finished, todo.len(), &eta(started, finished, todo.len()));
-                }
-            });
-        }
-    });
-    let failed = failures.into_inner().expect("no panic holds it");
+    let report = |done: usize, total: usize| progress.update("pseudo-label", done, total, &eta(started, done, total));
+    let outcomes = map_indexed(todo.len(), settings.jobs.get(), &report, |index| {
+        let case = todo[index];
+        Ok(draft_case(settings, case, &model_pair, &pair).err().map(|error| {
+            let failure = CaseFailure { case: case.id.clone(), error: format!("{error:#}") };
+            record_failure(settings, case, &failure);
+            failure
+        }))
+    })?;
+    let failed: Vec<CaseFailure> = outcomes.into_iter().flatten().collect();
     progress.finish(&format!(
         "pseudo-label: {} cases drafted, {} failed in {:.0} s",
         todo.len() - failed.len(),
         failed.len(),
         started.elapsed().as_secs_f64()
     ));
-    write_tables(settings, &selected)?;
-    Ok(BatchSummary { selected: selected.len(), skipped, drafted: todo.len() - failed.len(), failed })
+    Ok(failed)
 }
 
 /// "ETA 3 min" from the pace so far.
@@ -203,10 +192,6 @@ fn eta(started: Instant, done: usize, total: usize) -> String {
     let per_case = started.elapsed().as_secs_f64() / done.max(1) as f64;
     let left = per_case * (total - done) as f64;
     if left >= 90.0 { format!("ETA {:.0} min", left / 60.0) } else { format!("ETA {left:.0} s") }
-}
-
-fn manifest_dir(settings: &BatchSettings) -> PathBuf {
-    settings.data.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn case_dir(settings: &BatchSettings, case: &Case) -> PathBuf {
@@ -248,15 +233,9 @@ fn find_pair<'a>(models: &'a [LoadedModel], name: Option<&str>) -> Result<Pair<'
 }
 
 /// Drafts one case into its folder, `result.json` last.
-fn draft_case(
-    settings: &BatchSettings,
-    manifest_dir: &Path,
-    case: &Case,
-    models: &ModelPair<'_>,
-    pair: &Pair<'_>,
-) -> Result<()> {
+fn draft_case(settings: &BatchSettings, case: &Case, models: &ModelPair<'_>, pair: &Pair<'_>) -> Result<()> {
     let started = Instant::now();
-    let ct = read_volume(&manifest_dir.join(&case.ct))?;
+    let ct = read_volume(&Manifest::resolve(&settings.data, &case.ct))?;
     let vertebrae = case
         .vertebrae
         .iter()

@@ -2,18 +2,11 @@
 //! test numbers at three scales, heat maps), a refused overwrite, a bad configuration named
 //! by its field, and `fracmap-train export` of the generator into a model repository.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn train_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracmap-train")).args(args).output().expect("fracmap-train runs")
-}
-
-fn ok(output: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "failed: {stderr}");
-    (String::from_utf8(output.stdout).unwrap(), stderr)
-}
+use cli::{ok, train_cli};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

@@ -4,23 +4,17 @@
 //! the middle of a case redoes that case alone; a case that fails is recorded and the batch
 //! goes on, and a rerun after the fix drafts it.
 
+mod cli;
+
 #[path = "../../server/tests/common/tiny_pair.rs"]
 mod tiny_pair;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use fracmap_core::nifti_io::read_volume;
 
-fn train_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracmap-train")).args(args).output().expect("fracmap-train runs")
-}
-
-fn ok(output: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "failed: {stderr}");
-    (String::from_utf8(output.stdout).unwrap(), stderr)
-}
+use cli::{ok, train_cli};
 
 /// Four cases (T12 to L2), the last two unlabeled; and the tiny models.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {

@@ -3,18 +3,11 @@
 //! refused VAE of other crops, and the experiment's report, heat maps and reuse of finished
 //! stages.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn train_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracmap-train")).args(args).output().expect("fracmap-train runs")
-}
-
-fn ok(output: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "failed: {stderr}");
-    (String::from_utf8(output.stdout).unwrap(), stderr)
-}
+use cli::{ok, train_cli};
 
 /// 16^3 crops of 4 mm, as the tiny VAE's.
 const DATA: &str = "[data]\nspacing_mm = [4.0, 4.0, 4.0]\n";
